@@ -1,0 +1,693 @@
+//! Configuration: serde structs (unknown keys are errors), named defaults,
+//! `CREDGATE_<SECTION>__<KEY>` and `VAULT_*` overrides, then `validate()`.
+//!
+//! Secrets never live in the file: the admin token, the master key and the
+//! integrations' OAuth app secrets come from the environment only.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids;
+
+pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_MAX_REPLAY_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_TOKEN_MINUTES: u64 = 60;
+pub const MAX_TOKEN_MINUTES: u64 = 1440;
+pub const MAX_STATIC_KEY_DAYS: u64 = 365;
+pub const DEFAULT_SYNC_INTERVAL_SECONDS: u64 = 5;
+pub const DEFAULT_STORE_PATH: &str = "data/credgate.store";
+pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
+
+/// Environment variables that hold secrets; read by name, never from the file.
+pub const ENV_ADMIN_TOKEN: &str = "CREDGATE_ADMIN_TOKEN";
+pub const ENV_MASTER_KEY: &str = "CREDGATE_MASTER_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub ops: OpsConfig,
+    pub oauth: OAuthConfig,
+    pub store: StoreConfig,
+    pub refresh: RefreshConfig,
+    pub rate_limit: RateLimitConfig,
+    pub audit: AuditConfig,
+    pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub shutdown: ShutdownConfig,
+    pub integrations: BTreeMap<String, IntegrationConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub public_url: String,
+    pub max_body_bytes: u64,
+    pub max_replay_body_bytes: u64,
+    /// Seconds to wait for the upstream's response headers (504 after).
+    pub upstream_timeout_seconds: u64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_PROXY_LISTEN.parse().expect("valid default"),
+            public_url: format!("http://{DEFAULT_PROXY_LISTEN}"),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
+            upstream_timeout_seconds: 60,
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    pub listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_OPS_LISTEN.parse().expect("valid default"),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlg {
+    EdDSA,
+    ES256,
+    RS256,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// Defaults to `proxy.public_url`.
+    pub issuer: Option<String>,
+    pub default_token_minutes: u64,
+    pub max_token_minutes: u64,
+    pub max_static_key_days: u64,
+    pub signing_alg: SigningAlg,
+    /// Failed client authentications allowed per client id per minute.
+    pub max_failures_per_client: u32,
+    /// Failed client authentications allowed per source address per minute.
+    pub max_failures_per_address: u32,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            default_token_minutes: DEFAULT_TOKEN_MINUTES,
+            max_token_minutes: MAX_TOKEN_MINUTES,
+            max_static_key_days: MAX_STATIC_KEY_DAYS,
+            signing_alg: SigningAlg::EdDSA,
+            max_failures_per_client: 10,
+            max_failures_per_address: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Embedded,
+    Vault,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// Embedded store file.
+    pub path: PathBuf,
+    /// Embedded store master key file, used when `CREDGATE_MASTER_KEY` is unset;
+    /// created with mode 0600 on first start. Default: `<path>.key`.
+    pub master_key_file: Option<PathBuf>,
+    pub sync_interval_seconds: u64,
+    pub vault: VaultConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            path: PathBuf::from(DEFAULT_STORE_PATH),
+            master_key_file: None,
+            sync_interval_seconds: DEFAULT_SYNC_INTERVAL_SECONDS,
+            vault: VaultConfig::default(),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file.clone().unwrap_or_else(|| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(".key");
+            PathBuf::from(p)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaultAuth {
+    Token,
+    Approle,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    pub address: String,
+    pub namespace: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub kv_mount: String,
+    pub transit_mount: String,
+    pub auth: VaultAuth,
+    pub approle_mount: String,
+    pub role_id_file: Option<PathBuf>,
+    pub secret_id_file: Option<PathBuf>,
+    pub kubernetes_mount: String,
+    pub role: Option<String>,
+    pub jwt_file: PathBuf,
+    pub timeout_ms: u64,
+    pub max_retries: u32,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8200".into(),
+            namespace: None,
+            ca_cert: None,
+            kv_mount: "secret".into(),
+            transit_mount: "transit".into(),
+            auth: VaultAuth::Token,
+            approle_mount: "approle".into(),
+            role_id_file: None,
+            secret_id_file: None,
+            kubernetes_mount: "kubernetes".into(),
+            role: None,
+            jwt_file: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            timeout_ms: 5000,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    pub before_seconds: u64,
+    pub interval_seconds: u64,
+    pub concurrency: usize,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            before_seconds: 300,
+            interval_seconds: 30,
+            concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub default: RateLimit,
+    pub tenants: BTreeMap<String, RateLimit>,
+    pub clients: BTreeMap<String, RateLimit>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            default: RateLimit {
+                per_second: 50,
+                burst: 100,
+            },
+            tenants: BTreeMap::new(),
+            clients: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `-` is stdout, anything else a file appended to.
+    pub path: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { path: "-".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub tenant_label: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    pub drain_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_seconds: DEFAULT_DRAIN_SECONDS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretPost,
+    ClientSecretBasic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationConfig {
+    pub token_url: Option<String>,
+    pub authorize_url: Option<String>,
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// Environment variable holding the OAuth app secret; default
+    /// `<INTEGRATION>_CLIENT_SECRET`.
+    pub client_secret_env: Option<String>,
+    /// Shown to callers in `INTEGRATION_NOT_CONNECTED` errors.
+    pub connect_url: Option<String>,
+}
+
+impl IntegrationConfig {
+    pub fn client_secret_env(&self, integration: &str) -> String {
+        self.client_secret_env.clone().unwrap_or_else(|| {
+            format!(
+                "{}_CLIENT_SECRET",
+                integration.to_ascii_uppercase().replace('-', "_")
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InjectMode {
+    Bearer,
+    Basic,
+}
+
+/// How the upstream credential is presented: `"bearer"`, `"basic"` or
+/// `{ header = "X-API-Key" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Inject {
+    Mode(InjectMode),
+    Header { header: String },
+}
+
+impl Default for Inject {
+    fn default() -> Self {
+        Inject::Mode(InjectMode::Bearer)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub integration: String,
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    #[serde(default)]
+    pub inject: Inject,
+}
+
+impl Config {
+    /// Reads the file, applies environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_with_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML, applies `CREDGATE_<SECTION>__<KEY>` and `VAULT_*` from `env`,
+    /// and validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut vault_env = Vec::new();
+        for (key, value) in env {
+            if let Some(rest) = key.strip_prefix("CREDGATE_") {
+                if rest.contains("__") {
+                    let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
+                    set_path(&mut table, &path, &value)
+                        .map_err(|e| ConfigError::Parse(format!("{key}: {e}")))?;
+                }
+            } else if key.starts_with("VAULT_") {
+                vault_env.push((key, value));
+            }
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.apply_vault_env(vault_env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_vault_env(&mut self, vars: Vec<(String, String)>) -> Result<(), ConfigError> {
+        let v = &mut self.store.vault;
+        for (key, value) in vars {
+            let bad = |what: &str| ConfigError::Invalid(format!("{key} must be {what}"));
+            match key.as_str() {
+                "VAULT_ADDR" => v.address = value,
+                "VAULT_NAMESPACE" => v.namespace = Some(value),
+                "VAULT_CACERT" => v.ca_cert = Some(value.into()),
+                "VAULT_TIMEOUT" => v.timeout_ms = value.parse().map_err(|_| bad("milliseconds"))?,
+                "VAULT_MAX_RETRIES" => v.max_retries = value.parse().map_err(|_| bad("a count"))?,
+                "VAULT_KV_ENGINE" => v.kv_mount = value,
+                "VAULT_TRANSIT_ENGINE" => v.transit_mount = value,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for url in [Some(&self.proxy.public_url), self.oauth.issuer.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.ends_with('/') {
+                return invalid(format!(
+                    "`{url}` must be an http(s) URL without a trailing slash"
+                ));
+            }
+        }
+        if self.oauth.default_token_minutes == 0
+            || self.oauth.default_token_minutes > self.oauth.max_token_minutes
+        {
+            return invalid("oauth.default_token_minutes must be 1..=max_token_minutes".into());
+        }
+        if self.proxy.max_replay_body_bytes > self.proxy.max_body_bytes {
+            return invalid("proxy.max_replay_body_bytes exceeds proxy.max_body_bytes".into());
+        }
+        if self.store.sync_interval_seconds == 0 {
+            return invalid("store.sync_interval_seconds must be at least 1".into());
+        }
+        if self.proxy.tls_cert.is_some() != self.proxy.tls_key.is_some()
+            || self.ops.tls_cert.is_some() != self.ops.tls_key.is_some()
+        {
+            return invalid("tls_cert and tls_key go together".into());
+        }
+        for id in self.integrations.keys() {
+            ids::validate(id).map_err(|e| ConfigError::Invalid(format!("integration: {e}")))?;
+        }
+        for id in self.rate_limit.tenants.keys() {
+            ids::validate(id).map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?;
+        }
+        for limit in std::iter::once(&self.rate_limit.default)
+            .chain(self.rate_limit.tenants.values())
+            .chain(self.rate_limit.clients.values())
+        {
+            if limit.per_second == 0 || limit.burst == 0 {
+                return invalid("rate limits need per_second and burst of at least 1".into());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            ids::validate(&r.integration).map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
+            match (&r.path_prefix, &r.host) {
+                (Some(p), None) => {
+                    if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) {
+                        return invalid(format!(
+                            "{at}: path_prefix must start with / and not end with /"
+                        ));
+                    }
+                    if p.starts_with("/oauth")
+                        || p.starts_with("/.well-known")
+                        || p.starts_with("/api/admin")
+                    {
+                        return invalid(format!("{at}: path_prefix `{p}` is reserved"));
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => return invalid(format!("{at}: give exactly one of path_prefix or host")),
+            }
+            if !seen.insert((r.path_prefix.clone(), r.host.clone())) {
+                return invalid(format!("{at}: duplicate route"));
+            }
+            let uri: http::Uri = r
+                .upstream
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("{at}: upstream: {e}")))?;
+            if uri.scheme_str() != Some("http") && uri.scheme_str() != Some("https") {
+                return invalid(format!("{at}: upstream must be an http(s) URL"));
+            }
+            if let Inject::Header { header } = &r.inject {
+                http::HeaderName::from_bytes(header.as_bytes())
+                    .map_err(|_| ConfigError::Invalid(format!("{at}: bad header `{header}`")))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn issuer(&self) -> &str {
+        self.oauth.issuer.as_deref().unwrap_or(&self.proxy.public_url)
+    }
+
+    /// The effective configuration as TOML. Nothing secret is in `Config`
+    /// (secrets come from the environment), so this is safe to print.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// Sets `path` inside `table` to `raw`, read as a TOML value when it parses as
+/// one (numbers, booleans, arrays, inline tables) and as a string otherwise.
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml_with_env("", env(&[])).unwrap();
+        assert_eq!(c.proxy.listen.to_string(), DEFAULT_PROXY_LISTEN);
+        assert_eq!(c.store.backend, StoreBackend::Embedded);
+        assert_eq!(c.issuer(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_with_env("[proxy]\nlisten_port = 1\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        let err = Config::from_toml_with_env("[nope]\n", env(&[])).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_types() {
+        let c = Config::from_toml_with_env(
+            "",
+            env(&[
+                ("CREDGATE_PROXY__LISTEN", "127.0.0.1:1234"),
+                ("CREDGATE_RATE_LIMIT__DEFAULT__PER_SECOND", "7"),
+                ("CREDGATE_METRICS__TENANT_LABEL", "true"),
+                ("CREDGATE_ADMIN_TOKEN", "not-a-config-key"),
+                ("VAULT_ADDR", "http://127.0.0.1:8300"),
+                ("VAULT_TIMEOUT", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.proxy.listen.port(), 1234);
+        assert_eq!(c.rate_limit.default.per_second, 7);
+        assert!(c.metrics.tenant_label);
+        assert_eq!(c.store.vault.address, "http://127.0.0.1:8300");
+        assert_eq!(c.store.vault.timeout_ms, 250);
+    }
+
+    #[test]
+    fn env_override_of_unknown_key_is_an_error() {
+        let err =
+            Config::from_toml_with_env("", env(&[("CREDGATE_PROXY__BOGUS", "1")])).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn inject_forms_parse() {
+        let c = Config::from_toml_with_env(
+            r#"
+            [[routes]]
+            integration = "a"
+            path_prefix = "/a"
+            upstream = "http://127.0.0.1:1"
+            [[routes]]
+            integration = "b"
+            path_prefix = "/b"
+            upstream = "http://127.0.0.1:1"
+            inject = "basic"
+            [[routes]]
+            integration = "c"
+            path_prefix = "/c"
+            upstream = "http://127.0.0.1:1"
+            inject = { header = "X-API-Key" }
+            "#,
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].inject, Inject::Mode(InjectMode::Bearer));
+        assert_eq!(c.routes[1].inject, Inject::Mode(InjectMode::Basic));
+        assert_eq!(
+            c.routes[2].inject,
+            Inject::Header {
+                header: "X-API-Key".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_identifiers_and_reserved_prefixes_are_rejected() {
+        for route in [
+            r#"integration = "Bad"
+path_prefix = "/a""#,
+            r#"integration = "a"
+path_prefix = "/oauth""#,
+            r#"integration = "a"
+path_prefix = "/a/""#,
+            r#"integration = "a""#,
+        ] {
+            let text = format!("[[routes]]\n{route}\nupstream = \"http://127.0.0.1:1\"\n");
+            assert!(
+                Config::from_toml_with_env(&text, env(&[])).is_err(),
+                "{route}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_env_name_follows_integration() {
+        let i = IntegrationConfig {
+            token_url: None,
+            authorize_url: None,
+            client_id: None,
+            auth_method: ClientAuthMethod::default(),
+            client_secret_env: None,
+            connect_url: None,
+        };
+        assert_eq!(i.client_secret_env("my-app"), "MY_APP_CLIENT_SECRET");
+    }
+}

@@ -1,0 +1,72 @@
+//! The body type every handler answers with, and small response helpers.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
+use serde::Serialize;
+
+use crate::error::ProxyError;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response (and forwarded request) body: streamed or buffered, boxed once.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut resp = Response::new(full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON answer that must not be cached (it carries a secret or a token).
+pub fn json_no_store<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut resp = json_response(status, value);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Buffers a small request body (OAuth and admin endpoints), refusing more
+/// than `limit` bytes with 413.
+pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProxyError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::PayloadTooLarge {
+            limit: limit as u64,
+        }),
+        Err(_) => Err(ProxyError::bad_request("could not read request body")),
+    }
+}
+
+/// A fresh request id (UUID v4), unless the caller sent a usable one.
+pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    headers
+        .get("x-request-id")
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= 128
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is ascii")
+        })
+}

@@ -1,0 +1,129 @@
+//! The store: versioned records with check-and-set, plus per-keyring
+//! encryption. Shaped after Vault KV v2 + Transit so both backends are thin:
+//! `embedded` (the default, one local file) and `vault`.
+//!
+//! Paths are `/`-separated, e.g. `tenant-1/github` or `_credgate/clients/abc`.
+//! Callers validate identifiers before building paths (see [`crate::ids`]).
+
+pub mod embedded;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::config::{StoreBackend, StoreConfig};
+
+/// Prefix of credgate's own records; no tenant id can start with `_`.
+pub const INTERNAL_PREFIX: &str = "_credgate";
+
+/// Keyring (Transit key name) for credgate's own secrets, e.g. signing keys.
+pub const INTERNAL_KEYRING: &str = "_credgate";
+
+/// Check-and-set condition for a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cas {
+    /// Write whatever is there (used only where losing a race is harmless).
+    Any,
+    /// Write only if the record does not exist (Vault `cas: 0`).
+    Absent,
+    /// Write only if the current version is this one.
+    Version(u64),
+}
+
+/// One version of a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Starts at 1 and grows by one per write (Vault KV v2 versions).
+    pub version: u64,
+    pub data: Map<String, Value>,
+    /// Small string pairs (Vault `custom_metadata`).
+    pub metadata: BTreeMap<String, String>,
+    /// When this version was written (RFC 3339).
+    pub updated_at: String,
+}
+
+/// Decrypted bytes, wiped on drop.
+pub type Plaintext = Zeroizing<Vec<u8>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Check-and-set lost: someone else wrote first. Re-read and retry.
+    #[error("check-and-set conflict")]
+    Conflict,
+    /// The backend cannot be reached or refuses service (retriable).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A ciphertext did not decrypt: wrong key, wrong context, tampering.
+    #[error("decryption failed")]
+    Decrypt,
+    /// Local I/O failed (disk full, read-only file system).
+    #[error("store i/o error: {0}")]
+    Io(String),
+    /// Stored data is not what credgate wrote.
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+    /// The store refused the operation (permissions, bad request).
+    #[error("store refused: {0}")]
+    Refused(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Label for metrics and `/readyz` (`embedded` or `vault`).
+    fn backend(&self) -> &'static str;
+
+    /// The current version of a record, `None` if absent or deleted.
+    async fn read(&self, path: &str) -> Result<Option<Record>, StoreError>;
+
+    /// Writes a new version if `cas` holds; returns the new version.
+    async fn write(
+        &self,
+        path: &str,
+        data: Map<String, Value>,
+        metadata: BTreeMap<String, String>,
+        cas: Cas,
+    ) -> Result<u64, StoreError>;
+
+    /// Removes a record and all its versions. Absent is not an error.
+    async fn delete(&self, path: &str) -> Result<(), StoreError>;
+
+    /// Names directly below `prefix` (no trailing `/` on `prefix`), like a
+    /// Vault LIST: leaves as `name`, folders as `name/`. Sorted. Empty if none.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Encrypts each plaintext under `keyring` (a tenant id, or
+    /// [`INTERNAL_KEYRING`]), bound to `context` (the record path): a
+    /// ciphertext only decrypts with the same keyring and context. The keyring's
+    /// key is created on first use. One round trip for the whole batch.
+    async fn encrypt(
+        &self,
+        keyring: &str,
+        context: &str,
+        plaintexts: &[&[u8]],
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Decrypts ciphertexts made by [`Store::encrypt`] with the same keyring
+    /// and context. One round trip for the whole batch.
+    async fn decrypt(
+        &self,
+        keyring: &str,
+        context: &str,
+        ciphertexts: &[&str],
+    ) -> Result<Vec<Plaintext>, StoreError>;
+
+    /// Whether the backend answers (for `/readyz`).
+    async fn health(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the configured backend.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    match config.backend {
+        StoreBackend::Embedded => Ok(Arc::new(embedded::EmbeddedStore::open(config)?)),
+        StoreBackend::Vault => Err(StoreError::Refused(
+            "the vault backend is not built yet; use backend = \"embedded\"".into(),
+        )),
+    }
+}
