@@ -403,6 +403,26 @@ pub struct RouteConfig {
     pub inject: Inject,
 }
 
+impl RouteConfig {
+    /// The route's resource URL (RFC 9728, and the audience of tokens requested
+    /// for it): `public_url` + `path_prefix`, or `public_url` alone for `/` and
+    /// for host routes.
+    pub fn resource_url(&self, public_url: &str) -> String {
+        match self.path_prefix.as_deref() {
+            Some("/") | None => public_url.to_owned(),
+            Some(p) => format!("{public_url}{p}"),
+        }
+    }
+
+    /// The URL of the route's RFC 9728 document.
+    pub fn resource_metadata_url(&self, public_url: &str) -> String {
+        match self.path_prefix.as_deref() {
+            Some("/") | None => format!("{public_url}/.well-known/oauth-protected-resource"),
+            Some(p) => format!("{public_url}/.well-known/oauth-protected-resource{p}"),
+        }
+    }
+}
+
 impl Config {
     /// Reads the file, applies environment overrides, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -10,9 +10,13 @@
 //! - [`ids`]: tenant and integration identifier rules.
 //! - [`store`]: versioned records with check-and-set and per-tenant encryption
 //!   (`embedded` file backend; Vault).
+//! - [`metrics`]: Prometheus families.
+//! - [`audit`]: the secret-free audit log.
 
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod ids;
 pub mod store;
+pub mod audit;
+pub mod metrics;
