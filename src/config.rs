@@ -247,31 +247,27 @@ impl Default for RefreshConfig {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     pub default: RateLimit,
     pub tenants: BTreeMap<String, RateLimit>,
     pub clients: BTreeMap<String, RateLimit>,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self {
-            default: RateLimit {
-                per_second: 50,
-                burst: 100,
-            },
-            tenants: BTreeMap::new(),
-            clients: BTreeMap::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -524,7 +520,8 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            ids::validate(&r.integration).map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
+            ids::validate(&r.integration)
+                .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
             match (&r.path_prefix, &r.host) {
                 (Some(p), None) => {
                     if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) {
@@ -561,7 +558,10 @@ impl Config {
     }
 
     pub fn issuer(&self) -> &str {
-        self.oauth.issuer.as_deref().unwrap_or(&self.proxy.public_url)
+        self.oauth
+            .issuer
+            .as_deref()
+            .unwrap_or(&self.proxy.public_url)
     }
 
     /// The effective configuration as TOML. Nothing secret is in `Config`

@@ -192,19 +192,15 @@ impl ProxyError {
         if let Some(details) = self.details() {
             error["details"] = details;
         }
-        let mut resp = json_response(
-            status,
-            &json!({ "error": error, "request_id": request_id }),
-        );
+        let mut resp = json_response(status, &json!({ "error": error, "request_id": request_id }));
         let h = resp.headers_mut();
         match &self {
             ProxyError::Unauthorized {
                 reason,
                 resource_metadata,
             } => {
-                let mut v = format!(
-                    r#"Bearer realm="credgate", resource_metadata="{resource_metadata}""#
-                );
+                let mut v =
+                    format!(r#"Bearer realm="credgate", resource_metadata="{resource_metadata}""#);
                 if !matches!(reason, AuthFailure::Missing) {
                     v.push_str(r#", error="invalid_token""#);
                 }
@@ -234,7 +230,11 @@ impl ProxyError {
             }
             ProxyError::CredentialRefreshFailed { retry_after_secs }
             | ProxyError::StoreUnavailable { retry_after_secs } => {
-                insert(h, header::RETRY_AFTER, &retry_after_secs.max(&1).to_string());
+                insert(
+                    h,
+                    header::RETRY_AFTER,
+                    &retry_after_secs.max(&1).to_string(),
+                );
             }
             _ => {}
         }
@@ -407,7 +407,10 @@ mod tests {
         e.basic_challenge = true;
         let resp = e.into_response();
         assert_eq!(resp.status(), 401);
-        assert_eq!(resp.headers()["www-authenticate"], r#"Basic realm="credgate""#);
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            r#"Basic realm="credgate""#
+        );
         assert_eq!(resp.headers()["cache-control"], "no-store");
         let v = body_json(resp).await;
         assert_eq!(v["error"], "invalid_client");

@@ -13,7 +13,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> Body {
@@ -63,7 +65,8 @@ pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             let b = v.as_bytes();
             !b.is_empty()
                 && b.len() <= 128
-                && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
         })
         .cloned()
         .unwrap_or_else(|| {

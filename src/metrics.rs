@@ -41,7 +41,9 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
@@ -50,7 +52,9 @@ impl Metrics {
                 labels,
             )
             .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let rate_limited_total = IntCounter::new(
@@ -133,7 +137,9 @@ mod tests {
     #[test]
     fn families_render_with_spec_names() {
         let m = Metrics::new();
-        m.http_requests_total.with_label_values(&["github", "200"]).inc();
+        m.http_requests_total
+            .with_label_values(&["github", "200"])
+            .inc();
         m.tokens_issued_total.with_label_values(&["issued"]).inc();
         m.rate_limited_total.inc();
         let text = String::from_utf8(m.render()).unwrap();

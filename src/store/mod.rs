@@ -127,3 +127,98 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
         )),
     }
 }
+
+/// Wraps a backend to count and time every call
+/// (`credgate_store_requests_total`, `credgate_store_request_duration_seconds`).
+pub struct Instrumented {
+    inner: Arc<dyn Store>,
+    requests: prometheus::IntCounterVec,
+    duration: prometheus::HistogramVec,
+}
+
+impl Instrumented {
+    pub fn new(inner: Arc<dyn Store>, metrics: &crate::metrics::Metrics) -> Self {
+        Instrumented {
+            inner,
+            requests: metrics.store_requests_total.clone(),
+            duration: metrics.store_request_duration_seconds.clone(),
+        }
+    }
+
+    async fn observe<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = fut.await;
+        let backend = self.inner.backend();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(StoreError::Conflict) => "conflict",
+            Err(StoreError::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        };
+        self.requests
+            .with_label_values(&[backend, op, outcome])
+            .inc();
+        self.duration
+            .with_label_values(&[backend, op])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for Instrumented {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn read(&self, path: &str) -> Result<Option<Record>, StoreError> {
+        self.observe("read", self.inner.read(path)).await
+    }
+
+    async fn write(
+        &self,
+        path: &str,
+        data: Map<String, Value>,
+        metadata: BTreeMap<String, String>,
+        cas: Cas,
+    ) -> Result<u64, StoreError> {
+        self.observe("write", self.inner.write(path, data, metadata, cas))
+            .await
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), StoreError> {
+        self.observe("delete", self.inner.delete(path)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.observe("list", self.inner.list(prefix)).await
+    }
+
+    async fn encrypt(
+        &self,
+        keyring: &str,
+        context: &str,
+        plaintexts: &[&[u8]],
+    ) -> Result<Vec<String>, StoreError> {
+        self.observe("encrypt", self.inner.encrypt(keyring, context, plaintexts))
+            .await
+    }
+
+    async fn decrypt(
+        &self,
+        keyring: &str,
+        context: &str,
+        ciphertexts: &[&str],
+    ) -> Result<Vec<Plaintext>, StoreError> {
+        self.observe("decrypt", self.inner.decrypt(keyring, context, ciphertexts))
+            .await
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        self.observe("health", self.inner.health()).await
+    }
+}

@@ -1,0 +1,202 @@
+//! `/api/admin/credentials/{tenant}/{integration}`: store, read metadata,
+//! delete an upstream credential. Secrets go in, never out.
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::credentials::{self, API_KEY_TYPE, Credential, Status, store_error};
+use crate::error::ProxyError;
+use crate::http::{Body, json_response};
+use crate::ids;
+use crate::state::AppState;
+use crate::store::{Cas, StoreError};
+
+/// An OAuth token response (RFC 6749 §5.1) as the provider returned it, or
+/// `{ "apiKey": … }`. Other fields of a token response are ignored, so a
+/// provider's answer can be pasted as is.
+#[derive(Deserialize)]
+struct PutBody {
+    access_token: Option<SecretString>,
+    refresh_token: Option<SecretString>,
+    expires_in: Option<u64>,
+    token_type: Option<String>,
+    scope: Option<String>,
+    #[serde(rename = "apiKey")]
+    api_key: Option<SecretString>,
+    #[serde(rename = "autoRefresh")]
+    auto_refresh: Option<bool>,
+}
+
+pub async fn handle(
+    state: &AppState,
+    method: &Method,
+    rest: &[&str],
+    body: Bytes,
+    actor: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let (tenant, integration, action) = match rest {
+        [t, i] => (*t, *i, None),
+        [t, i, a] => (*t, *i, Some(*a)),
+        _ => return Err(ProxyError::NotFound),
+    };
+    let tenant =
+        ids::validate(tenant).map_err(|e| ProxyError::bad_request(format!("tenant: {e}")))?;
+    let integration = ids::validate(integration)
+        .map_err(|e| ProxyError::bad_request(format!("integration: {e}")))?;
+    match (method, action) {
+        (&Method::PUT, None) => put(state, tenant, integration, &body, actor).await,
+        (&Method::GET, None) => get(state, tenant, integration).await,
+        (&Method::DELETE, None) => delete(state, tenant, integration, actor).await,
+        (_, None) => Err(ProxyError::MethodNotAllowed),
+        (_, Some(_)) => Err(ProxyError::NotFound),
+    }
+}
+
+fn parse(body: &Bytes, actor: &str) -> Result<Credential, ProxyError> {
+    let b: PutBody = serde_json::from_slice(body)
+        .map_err(|e| ProxyError::bad_request(format!("invalid JSON body: {e}")))?;
+    let now = OffsetDateTime::now_utc();
+    let (access_token, token_type) = match (b.access_token, b.api_key) {
+        (Some(t), None) => (t, b.token_type.unwrap_or_else(|| "Bearer".into())),
+        (None, Some(k)) => (k, API_KEY_TYPE.into()),
+        _ => {
+            return Err(ProxyError::bad_request(
+                "give exactly one of access_token or apiKey",
+            ));
+        }
+    };
+    for s in std::iter::once(&access_token).chain(b.refresh_token.as_ref()) {
+        let v = secrecy::ExposeSecret::expose_secret(s);
+        // It becomes a header value: visible ASCII only, no CR/LF smuggling.
+        if v.is_empty() || v.len() > 16 * 1024 || !v.bytes().all(|c| (0x21..0x7f).contains(&c)) {
+            return Err(ProxyError::bad_request(
+                "tokens must be 1 to 16384 visible ASCII characters",
+            ));
+        }
+    }
+    let expires_at = b
+        .expires_in
+        .map(|s| now + time::Duration::seconds(s.min(i64::MAX as u64 / 2) as i64));
+    let auto_refresh = b
+        .auto_refresh
+        .unwrap_or(b.refresh_token.is_some() && expires_at.is_some());
+    Ok(Credential {
+        access_token,
+        refresh_token: b.refresh_token,
+        expires_at,
+        scopes: b
+            .scope
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
+        token_type,
+        created_by: actor.to_owned(),
+        auto_refresh,
+        refresh_count: 0,
+        status: Status::Active,
+    })
+}
+
+async fn put(
+    state: &AppState,
+    tenant: &str,
+    integration: &str,
+    body: &Bytes,
+    actor: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let credential = parse(body, actor)?;
+    let store = state.credentials.store().as_ref();
+    let path = credentials::record_path(tenant, integration);
+    let current = store.read(&path).await.map_err(|e| store_error(&e))?;
+    let cas = current
+        .as_ref()
+        .map_or(Cas::Absent, |r| Cas::Version(r.version));
+    let version = credentials::save(store, tenant, integration, &credential, cas)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict => {
+                ProxyError::Conflict("the credential changed concurrently; retry".into())
+            }
+            e => store_error(&e),
+        })?;
+    state.credentials.invalidate(tenant, integration).await;
+    state.audit.record(
+        AuditKind::CredentialStored,
+        AuditEvent {
+            tenant: Some(tenant),
+            integration: Some(integration),
+            actor: Some(actor),
+            ..Default::default()
+        },
+    );
+    let stored = credentials::Stored {
+        credential,
+        version,
+        updated_at: String::new(),
+    };
+    let mut meta =
+        credentials::metadata_json(tenant, integration, &stored, OffsetDateTime::now_utc());
+    meta["updatedAt"] = json!(null);
+    let status = if current.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json_response(
+        status,
+        &json!({ "success": true, "message": "Credential stored", "credential": meta }),
+    ))
+}
+
+async fn get(
+    state: &AppState,
+    tenant: &str,
+    integration: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let stored = credentials::load(state.credentials.store().as_ref(), tenant, integration)
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or(ProxyError::NotFound)?;
+    let meta = credentials::metadata_json(tenant, integration, &stored, OffsetDateTime::now_utc());
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "success": true, "credential": meta }),
+    ))
+}
+
+async fn delete(
+    state: &AppState,
+    tenant: &str,
+    integration: &str,
+    actor: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let store = state.credentials.store();
+    let path = credentials::record_path(tenant, integration);
+    if store
+        .read(&path)
+        .await
+        .map_err(|e| store_error(&e))?
+        .is_none()
+    {
+        return Err(ProxyError::NotFound);
+    }
+    store.delete(&path).await.map_err(|e| store_error(&e))?;
+    state.credentials.invalidate(tenant, integration).await;
+    state.audit.record(
+        AuditKind::CredentialDeleted,
+        AuditEvent {
+            tenant: Some(tenant),
+            integration: Some(integration),
+            actor: Some(actor),
+            ..Default::default()
+        },
+    );
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "success": true, "message": "Credential deleted" }),
+    ))
+}

@@ -1,0 +1,124 @@
+//! The admin API (SPEC §6): authentication, path checks and dispatch.
+//! `clients` owns the OAuth client handlers, `credentials` the upstream ones.
+
+pub mod clients;
+pub mod credentials;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+
+use crate::audit::{AuditEvent, AuditKind};
+use crate::error::{AuthFailure, ProxyError};
+use crate::http::{Body, read_body};
+use crate::state::AppState;
+
+/// Admin request bodies are small JSON documents.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The admin scope a client token needs.
+pub const ADMIN_SCOPE: &str = "admin";
+
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let started = Instant::now();
+    let rid = request_id.to_str().unwrap_or("");
+    let resp = match dispatch(state, req, peer, rid).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(rid),
+    };
+    state.finish("admin", started, resp)
+}
+
+async fn dispatch(
+    state: &AppState,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    rid: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let actor = authenticate(state, &req, peer, rid)?;
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    // Identifiers never contain `%`; refusing it outright closes `%2e%2e`,
+    // `%2F` and `%00` tricks before any segment is looked at.
+    if path.contains('%') {
+        return Err(ProxyError::bad_request(
+            "percent-encoded characters are not allowed in admin paths",
+        ));
+    }
+    let rest = path
+        .strip_prefix("/api/admin")
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let segments: Vec<&str> = rest.split('/').skip(1).collect();
+    let body = read_body(body, MAX_ADMIN_BODY).await?;
+    match segments.as_slice() {
+        ["oauth", "clients", rest @ ..] => {
+            clients::handle(&state.authority, &parts.method, rest, body, &actor).await
+        }
+        ["credentials", rest @ ..] => {
+            credentials::handle(state, &parts.method, rest, body, &actor).await
+        }
+        _ => Err(ProxyError::NotFound),
+    }
+}
+
+/// The bootstrap admin token, or a credgate token with scope `admin`.
+/// Returns the actor's name for the audit log.
+fn authenticate(
+    state: &AppState,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    rid: &str,
+) -> Result<String, ProxyError> {
+    let metadata: Arc<str> = format!(
+        "{}/.well-known/oauth-protected-resource",
+        state.config.proxy.public_url
+    )
+    .into();
+    let bearer = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_some_and(|t| state.is_admin_token(t)) {
+        return Ok("admin-token".into());
+    }
+    let fail = |reason: &'static str| {
+        state.audit.record(
+            AuditKind::AdminAuthFailed,
+            AuditEvent {
+                reason: Some(reason),
+                source_ip: Some(peer.ip().to_string()),
+                request_id: Some(rid),
+                ..Default::default()
+            },
+        );
+    };
+    if bearer.is_none() {
+        fail("missing");
+        return Err(ProxyError::Unauthorized {
+            reason: AuthFailure::Missing,
+            resource_metadata: metadata,
+        });
+    }
+    let principal = state
+        .authority
+        .authenticate(req.headers(), req.uri().query(), None, &metadata)
+        .inspect_err(|_| fail("invalid_token"))?;
+    if !principal.has_scope(ADMIN_SCOPE) {
+        fail("insufficient_scope");
+        return Err(ProxyError::InsufficientScope {
+            scope: ADMIN_SCOPE.into(),
+            resource_metadata: metadata,
+        });
+    }
+    Ok(principal.client_id.to_string())
+}

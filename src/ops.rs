@@ -1,0 +1,58 @@
+//! The ops port: `/metrics`, `/healthz`, `/readyz`.
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::http::{Body, full, json_response};
+use crate::state::AppState;
+
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({ "error": "method not allowed" }),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        "/readyz" => readyz(state).await,
+        "/metrics" => {
+            let mut resp = Response::new(full(state.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "not found" })),
+    }
+}
+
+/// Ready when the config is loaded (it is, or we would not be serving) and the
+/// store answers. The body names each component.
+async fn readyz(state: &AppState) -> Response<Body> {
+    let store = match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.health())
+        .await
+    {
+        Ok(Ok(())) => json!({ "status": "ok", "backend": state.store.backend() }),
+        Ok(Err(e)) => {
+            json!({ "status": "failing", "backend": state.store.backend(), "error": e.to_string() })
+        }
+        Err(_) => {
+            json!({ "status": "failing", "backend": state.store.backend(), "error": "timeout" })
+        }
+    };
+    let ok = store["status"] == "ok";
+    json_response(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &json!({
+            "status": if ok { "ready" } else { "not_ready" },
+            "components": { "config": { "status": "ok" }, "store": store },
+        }),
+    )
+}

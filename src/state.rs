@@ -1,0 +1,108 @@
+//! `AppState`: the handles every request needs, built once and passed
+//! explicitly (no globals).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Response;
+use http::header::HeaderName;
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::credentials::Credentials;
+use crate::http::Body;
+use crate::metrics::Metrics;
+use crate::oauth::Authority;
+use crate::routes::Routes;
+use crate::store::{self, Store, StoreError};
+use crate::upstream;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub routes: Routes,
+    inject_headers: Vec<HeaderName>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<Audit>,
+    pub authority: Arc<Authority>,
+    pub credentials: Credentials,
+    pub upstream: upstream::Client,
+    admin_token: Option<SecretString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("audit log: {0}")]
+    Audit(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Opens the store and builds every component.
+    pub async fn build(
+        config: Config,
+        admin_token: Option<SecretString>,
+    ) -> Result<Self, StartError> {
+        let store = store::open(&config.store).await?;
+        Self::with_store(config, store, admin_token).await
+    }
+
+    pub async fn with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        admin_token: Option<SecretString>,
+    ) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
+        let audit = Arc::new(Audit::open(&config.audit.path)?);
+        let authority =
+            Arc::new(Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?);
+        let routes = Routes::from_config(&config);
+        let credentials = Credentials::new(
+            store.clone(),
+            Duration::from_secs(config.store.sync_interval_seconds),
+            &metrics,
+        );
+        Ok(AppState {
+            inject_headers: crate::proxy::inject_headers(&routes),
+            routes,
+            upstream: upstream::Client::new(Duration::from_secs(
+                config.proxy.upstream_timeout_seconds,
+            )),
+            config: Arc::new(config),
+            store,
+            metrics,
+            audit,
+            authority,
+            credentials,
+            admin_token: admin_token.filter(|t| !t.expose_secret().is_empty()),
+        })
+    }
+
+    /// The header a route injects its credential into.
+    pub fn inject_header(&self, route_index: usize) -> &HeaderName {
+        &self.inject_headers[route_index]
+    }
+
+    /// Whether `token` is the bootstrap admin token (constant time).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        self.admin_token
+            .as_ref()
+            .is_some_and(|t| bool::from(t.expose_secret().as_bytes().ct_eq(token.as_bytes())))
+    }
+
+    /// Records the request metrics for a finished request.
+    pub fn finish(&self, route: &str, started: Instant, resp: Response<Body>) -> Response<Body> {
+        let m = &self.metrics;
+        m.http_requests_total
+            .with_label_values(&[route, resp.status().as_str()])
+            .inc();
+        m.http_request_duration_seconds
+            .with_label_values(&[route])
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+}
