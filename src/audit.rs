@@ -72,6 +72,9 @@ impl Audit {
         let sink = if path == "-" {
             Sink::Stdout
         } else {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)

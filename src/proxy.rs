@@ -1,5 +1,6 @@
 //! The proxied request, top to bottom (SPEC §3):
-//! route → authenticate → tenant → authorize → credential → inject → forward.
+//! route → authenticate → tenant → authorize → rate limit → credential →
+//! inject → forward.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,10 @@ async fn forward(
     )?;
     let tenant = resolve_tenant(&principal, req.headers())?;
     authorize(&principal, route)?;
+    state
+        .rate_limits
+        .check(&tenant, &principal.client_id)
+        .inspect_err(|_| state.metrics.rate_limited_total.inc())?;
 
     let limit = state.config.proxy.max_body_bytes;
     if declared_length(req.headers()).is_some_and(|n| n > limit) {

@@ -15,6 +15,7 @@ use crate::credentials::Credentials;
 use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::oauth::Authority;
+use crate::ratelimit::RateLimits;
 use crate::routes::Routes;
 use crate::store::{self, Store, StoreError};
 use crate::upstream;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub audit: Arc<Audit>,
     pub authority: Arc<Authority>,
     pub credentials: Credentials,
+    pub rate_limits: RateLimits,
     pub upstream: upstream::Client,
     admin_token: Option<SecretString>,
 }
@@ -67,6 +69,7 @@ impl AppState {
             &metrics,
         );
         Ok(AppState {
+            rate_limits: RateLimits::new(&config.rate_limit),
             inject_headers: crate::proxy::inject_headers(&routes),
             routes,
             upstream: upstream::Client::new(Duration::from_secs(
