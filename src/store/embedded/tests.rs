@@ -1,0 +1,522 @@
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tempfile::TempDir;
+
+use super::*;
+use crate::config::{ENV_MASTER_KEY, StoreConfig};
+
+const KEY: [u8; 32] = [7; 32];
+
+fn config(dir: &TempDir) -> StoreConfig {
+    StoreConfig {
+        path: dir.path().join("data").join("credgate.store"),
+        ..StoreConfig::default()
+    }
+}
+
+fn open(cfg: &StoreConfig) -> EmbeddedStore {
+    EmbeddedStore::open_with_master_key(cfg, KEY).expect("open store")
+}
+
+fn data(n: i64) -> Map<String, Value> {
+    let Value::Object(map) = json!({ "n": n, "accessToken": "credgate:v1:xyz" }) else {
+        unreachable!()
+    };
+    map
+}
+
+fn meta(k: &str, v: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(k.to_owned(), v.to_owned())])
+}
+
+async fn put(store: &EmbeddedStore, path: &str, n: i64, cas: Cas) -> Result<u64, StoreError> {
+    store.write(path, data(n), BTreeMap::new(), cas).await
+}
+
+async fn n_of(store: &EmbeddedStore, path: &str) -> Option<(u64, i64)> {
+    let r = store.read(path).await.unwrap()?;
+    Some((r.version, r.data["n"].as_i64().unwrap()))
+}
+
+#[tokio::test]
+async fn versions_grow_by_one_and_cas_is_enforced() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    assert_eq!(store.backend(), "embedded");
+    assert_eq!(store.read("t1/github").await.unwrap(), None);
+
+    assert_eq!(put(&store, "t1/github", 1, Cas::Absent).await.unwrap(), 1);
+    assert!(matches!(
+        put(&store, "t1/github", 2, Cas::Absent).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        put(&store, "t1/github", 2, Cas::Version(1)).await.unwrap(),
+        2
+    );
+    assert!(matches!(
+        put(&store, "t1/github", 3, Cas::Version(1)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(matches!(
+        put(&store, "t1/other", 3, Cas::Version(1)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(put(&store, "t1/github", 3, Cas::Any).await.unwrap(), 3);
+
+    let record = store
+        .write(
+            "t1/github",
+            data(4),
+            meta("createdBy", "admin"),
+            Cas::Version(3),
+        )
+        .await
+        .unwrap();
+    assert_eq!(record, 4);
+    let r = store.read("t1/github").await.unwrap().unwrap();
+    assert_eq!(r.version, 4);
+    assert_eq!(r.data, data(4));
+    assert_eq!(r.metadata, meta("createdBy", "admin"));
+    assert!(OffsetDateTime::parse(&r.updated_at, &Rfc3339).is_ok());
+}
+
+#[tokio::test]
+async fn delete_then_recreate() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    put(&store, "t1/github", 1, Cas::Absent).await.unwrap();
+    put(&store, "t1/github", 2, Cas::Version(1)).await.unwrap();
+    store.delete("t1/github").await.unwrap();
+    store.delete("t1/github").await.unwrap(); // absent is not an error
+    assert_eq!(store.read("t1/github").await.unwrap(), None);
+    assert!(matches!(
+        put(&store, "t1/github", 3, Cas::Version(2)).await,
+        Err(StoreError::Conflict)
+    ));
+    // All versions are gone, so the new record starts again at 1.
+    assert_eq!(put(&store, "t1/github", 3, Cas::Absent).await.unwrap(), 1);
+    assert_eq!(n_of(&store, "t1/github").await, Some((1, 3)));
+}
+
+#[tokio::test]
+async fn list_returns_leaves_and_folders_one_level_down() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    assert!(store.list("").await.unwrap().is_empty());
+    for path in [
+        "t1/github",
+        "t1/slack",
+        "t1/x/deep",
+        "t1/x",
+        "t2/github",
+        "_credgate/clients/a",
+        "_credgate/clients/b",
+        "_credgate/keys/k1",
+        "t10/github",
+    ] {
+        put(&store, path, 1, Cas::Absent).await.unwrap();
+    }
+    store.delete("t2/github").await.unwrap();
+
+    assert_eq!(store.list("").await.unwrap(), ["_credgate/", "t1/", "t10/"]);
+    assert_eq!(
+        store.list("t1").await.unwrap(),
+        ["github", "slack", "x", "x/"]
+    );
+    assert_eq!(
+        store.list("_credgate").await.unwrap(),
+        ["clients/", "keys/"]
+    );
+    assert_eq!(store.list("_credgate/clients").await.unwrap(), ["a", "b"]);
+    assert!(store.list("t2").await.unwrap().is_empty());
+    assert!(store.list("t1/github").await.unwrap().is_empty());
+    assert!(store.list("nope").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_paths_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    for path in ["", "/a", "a/", "a//b"] {
+        assert!(
+            matches!(
+                put(&store, path, 1, Cas::Any).await,
+                Err(StoreError::Refused(_))
+            ),
+            "{path:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn records_and_keys_persist_across_reopen() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let ct = {
+        let store = open(&cfg);
+        put(&store, "t1/github", 1, Cas::Absent).await.unwrap();
+        put(&store, "t1/github", 2, Cas::Version(1)).await.unwrap();
+        put(&store, "t1/gone", 1, Cas::Absent).await.unwrap();
+        store.delete("t1/gone").await.unwrap();
+        store.encrypt("t1", "t1/github", &[b"tok"]).await.unwrap()
+    };
+    let store = open(&cfg);
+    assert_eq!(n_of(&store, "t1/github").await, Some((2, 2)));
+    assert_eq!(store.read("t1/gone").await.unwrap(), None);
+    let ct: Vec<&str> = ct.iter().map(String::as_str).collect();
+    let plain = store.decrypt("t1", "t1/github", &ct).await.unwrap();
+    assert_eq!(plain[0].as_slice(), b"tok");
+}
+
+/// The whole file parses with no torn tail.
+fn replays_cleanly(cfg: &StoreConfig) {
+    let bytes = fs::read(&cfg.path).unwrap();
+    let (frames, end) = log::parse(&bytes, 0).unwrap();
+    assert!(!frames.is_empty());
+    assert_eq!(end, bytes.len() as u64, "file ends with a torn tail");
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_ignored_then_cut_by_the_next_writer() {
+    let whole = {
+        let scratch = TempDir::new().unwrap();
+        let s = open(&config(&scratch));
+        let before = fs::metadata(&s.inner.path).unwrap().len();
+        put(&s, "t1/next", 9, Cas::Absent).await.unwrap();
+        fs::read(&s.inner.path).unwrap()[before as usize..].to_vec()
+    };
+    for tail in [whole[..whole.len() / 2].to_vec(), b"garbage\0\xff".to_vec()] {
+        let dir = TempDir::new().unwrap();
+        let cfg = config(&dir);
+        put(&open(&cfg), "t1/github", 1, Cas::Absent).await.unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&cfg.path)
+            .unwrap()
+            .write_all(&tail)
+            .unwrap();
+
+        let store = open(&cfg);
+        assert_eq!(n_of(&store, "t1/github").await, Some((1, 1)));
+        assert_eq!(store.read("t1/next").await.unwrap(), None);
+        assert_eq!(
+            put(&store, "t1/github", 2, Cas::Version(1)).await.unwrap(),
+            2
+        );
+        replays_cleanly(&cfg);
+        assert_eq!(n_of(&open(&cfg), "t1/github").await, Some((2, 2)));
+    }
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_of_the_log_is_reported() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    {
+        let store = open(&cfg);
+        put(&store, "t1/github", 1, Cas::Absent).await.unwrap();
+        put(&store, "t1/slack", 1, Cas::Absent).await.unwrap();
+    }
+    let mut bytes = fs::read(&cfg.path).unwrap();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"t1/github")
+        .expect("record in the log");
+    bytes[at + 3] = b'X';
+    fs::write(&cfg.path, &bytes).unwrap();
+    let err = EmbeddedStore::open_with_master_key(&cfg, KEY).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+
+    fs::write(&cfg.path, b"[not a store]\n").unwrap();
+    let err = EmbeddedStore::open_with_master_key(&cfg, KEY).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn compaction_keeps_every_record_version_and_key() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let store = EmbeddedStore::open_inner(&cfg, Zeroizing::new(KEY), 4096).unwrap();
+    let other = open(&cfg); // a second process that must follow the new file
+    let ct = store.encrypt("t1", "t1/a", &[b"secret"]).await.unwrap();
+    put(&store, "t1/b", 0, Cas::Absent).await.unwrap();
+    put(&store, "t1/gone", 0, Cas::Absent).await.unwrap();
+    store.delete("t1/gone").await.unwrap();
+    for i in 1..=200 {
+        put(&store, "t1/a", i, Cas::Any).await.unwrap();
+    }
+    let generation = store.inner.state().generation;
+    assert!(generation > 1, "no compaction happened");
+    let len = fs::metadata(&cfg.path).unwrap().len();
+    assert!(len < 3 * 4096, "log not compacted: {len} bytes");
+    assert!(!sibling(&cfg.path, ".compact").exists());
+
+    for s in [&store, &other, &open(&cfg)] {
+        assert_eq!(n_of(s, "t1/a").await, Some((200, 200)));
+        assert_eq!(n_of(s, "t1/b").await, Some((1, 0)));
+        assert_eq!(s.read("t1/gone").await.unwrap(), None);
+        let plain = s.decrypt("t1", "t1/a", &[&ct[0]]).await.unwrap();
+        assert_eq!(plain[0].as_slice(), b"secret");
+    }
+    // The other process writes on the compacted file and the first sees it.
+    assert_eq!(
+        put(&other, "t1/a", 0, Cas::Version(200)).await.unwrap(),
+        201
+    );
+    assert_eq!(n_of(&store, "t1/a").await, Some((201, 0)));
+    replays_cleanly(&cfg);
+}
+
+#[tokio::test]
+async fn two_instances_see_each_others_writes_and_conflicts() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let (a, b) = (open(&cfg), open(&cfg));
+
+    put(&a, "t1/github", 1, Cas::Absent).await.unwrap();
+    assert_eq!(n_of(&b, "t1/github").await, Some((1, 1)));
+    assert_eq!(b.list("t1").await.unwrap(), ["github"]);
+    assert!(matches!(
+        put(&b, "t1/github", 2, Cas::Absent).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // Both read version 1; only the first write on it wins.
+    assert_eq!(put(&b, "t1/github", 2, Cas::Version(1)).await.unwrap(), 2);
+    assert!(matches!(
+        put(&a, "t1/github", 3, Cas::Version(1)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(n_of(&a, "t1/github").await, Some((2, 2)));
+
+    b.delete("t1/github").await.unwrap();
+    assert_eq!(a.read("t1/github").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cas_increments_from_two_instances_lose_nothing() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let stores = [Arc::new(open(&cfg)), Arc::new(open(&cfg))];
+    put(&stores[0], "t1/counter", 0, Cas::Absent).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = Arc::clone(&stores[i % 2]);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                loop {
+                    let (v, n) = n_of(&store, "t1/counter").await.unwrap();
+                    match put(&store, "t1/counter", n + 1, Cas::Version(v)).await {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(n_of(&stores[1], "t1/counter").await, Some((81, 80)));
+    replays_cleanly(&cfg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_instances_creating_a_keyring_at_once_agree_on_one_key() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let (a, b) = (Arc::new(open(&cfg)), Arc::new(open(&cfg)));
+    for n in 0..10 {
+        let keyring = format!("tenant-{n}");
+        let (ca, cb) = tokio::join!(
+            a.encrypt(&keyring, "ctx", &[b"from a"]),
+            b.encrypt(&keyring, "ctx", &[b"from b"]),
+        );
+        let (ca, cb) = (ca.unwrap(), cb.unwrap());
+        assert_eq!(
+            b.decrypt(&keyring, "ctx", &[&ca[0]]).await.unwrap()[0].as_slice(),
+            b"from a"
+        );
+        assert_eq!(
+            a.decrypt(&keyring, "ctx", &[&cb[0]]).await.unwrap()[0].as_slice(),
+            b"from b"
+        );
+    }
+    assert_eq!(a.inner.state().keys.len(), 10);
+    // A later process sees exactly one key per keyring too.
+    assert_eq!(open(&cfg).inner.state().keys.len(), 10);
+}
+
+#[tokio::test]
+async fn encrypt_then_decrypt_round_trips_a_batch() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    let inputs: [&[u8]; 3] = [b"access", b"", b"refresh\0token"];
+    let cts = store.encrypt("t1", "t1/github", &inputs).await.unwrap();
+    assert_eq!(cts.len(), 3);
+    assert!(cts.iter().all(|c| c.starts_with("credgate:v1:")));
+    assert!(cts.iter().all(|c| !c.contains("access")));
+    // Random nonces: the same plaintext twice gives two ciphertexts.
+    let again = store.encrypt("t1", "t1/github", &inputs).await.unwrap();
+    assert_ne!(cts[0], again[0]);
+
+    let refs: Vec<&str> = cts.iter().map(String::as_str).collect();
+    let plain = store.decrypt("t1", "t1/github", &refs).await.unwrap();
+    let plain: Vec<&[u8]> = plain.iter().map(|p| p.as_slice()).collect();
+    assert_eq!(plain, inputs);
+}
+
+#[tokio::test]
+async fn wrong_context_keyring_or_tampering_fails_to_decrypt() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    let ct = store
+        .encrypt("t1", "t1/github", &[b"tok"])
+        .await
+        .unwrap()
+        .remove(0);
+    store.encrypt("t2", "t2/github", &[b"x"]).await.unwrap();
+
+    let decrypt = |keyring: &'static str, context: &'static str, ct: String| {
+        let store = &store;
+        async move { store.decrypt(keyring, context, &[&ct]).await }
+    };
+    assert!(decrypt("t1", "t1/github", ct.clone()).await.is_ok());
+    let mut tampered = ct.clone().into_bytes();
+    let last = tampered.len() - 3;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (keyring, context, ct) in [
+        ("t1", "t1/slack", ct.clone()),
+        ("t2", "t1/github", ct.clone()),
+        ("t3", "t1/github", ct.clone()),
+        ("t1", "t1/github", tampered),
+        ("t1", "t1/github", ct.replace("credgate:v1:", "vault:v1:")),
+        ("t1", "t1/github", "credgate:v1:!!notbase64".into()),
+        ("t1", "t1/github", "credgate:v1:AAAA".into()),
+    ] {
+        let err = decrypt(keyring, context, ct).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Decrypt),
+            "{keyring} {context}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_is_refused_at_open() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    open(&cfg);
+    let err = EmbeddedStore::open_with_master_key(&cfg, [8; 32]).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Refused(m) if m == crypto::WRONG_MASTER_KEY),
+        "{err:?}"
+    );
+    // The right key still opens it: the failed open changed nothing.
+    open(&cfg);
+}
+
+#[test]
+fn the_key_file_is_created_private_and_reused() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("keys").join("master.key");
+    let key = crypto::load_or_create_key_file(&path).unwrap();
+    let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(*crypto::load_or_create_key_file(&path).unwrap(), *key);
+
+    fs::write(&path, "c2hvcnQ=\n").unwrap();
+    let err = crypto::load_or_create_key_file(&path).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Refused(m) if !m.contains("c2hvcnQ")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn open_uses_the_key_file_when_no_env_key_is_set() {
+    if std::env::var_os(ENV_MASTER_KEY).is_some() {
+        eprintln!("skipped: {ENV_MASTER_KEY} is set in this environment");
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let store = EmbeddedStore::open(&cfg).unwrap();
+    put(&store, "t1/a", 1, Cas::Absent).await.unwrap();
+    let mode = fs::metadata(cfg.master_key_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(store);
+    assert_eq!(
+        n_of(&EmbeddedStore::open(&cfg).unwrap(), "t1/a").await,
+        Some((1, 1))
+    );
+}
+
+#[test]
+fn an_unwritable_location_is_an_io_error() {
+    let dir = TempDir::new().unwrap();
+    let ro = dir.path().join("ro");
+    fs::create_dir(&ro).unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o555)).unwrap();
+    let cfg = StoreConfig {
+        path: ro.join("sub").join("credgate.store"),
+        ..StoreConfig::default()
+    };
+    // root ignores directory modes; then a regular file in the way does it.
+    let root = fs::create_dir(ro.join("probe")).is_ok();
+    let cfg = if root {
+        fs::write(dir.path().join("file"), b"").unwrap();
+        StoreConfig {
+            path: dir.path().join("file").join("credgate.store"),
+            ..StoreConfig::default()
+        }
+    } else {
+        cfg
+    };
+    let err = EmbeddedStore::open_with_master_key(&cfg, KEY).unwrap_err();
+    assert!(matches!(err, StoreError::Io(_)), "{err:?}");
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn a_full_disk_is_an_io_error() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &cfg.path).unwrap();
+    let err = EmbeddedStore::open_with_master_key(&cfg, KEY).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Io(m) if m.contains("No space left")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn health_fails_once_the_file_is_gone() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let store = open(&cfg);
+    store.health().await.unwrap();
+    fs::remove_file(&cfg.path).unwrap();
+    assert!(matches!(store.health().await, Err(StoreError::Io(_))));
+}
+
+#[test]
+fn debug_output_shows_no_key_material() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&config(&dir));
+    let text = format!("{store:?}");
+    assert!(text.contains("credgate.store"));
+    assert!(!text.contains("[7, 7"), "{text}");
+}
