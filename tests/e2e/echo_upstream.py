@@ -2,7 +2,7 @@
 streaming tests. Stdlib only, HTTP/1.1, runs on a thread inside the pytest process.
 
 - any path, any method: 200 JSON ``{method, path, query, headers: [[name, value], ...],
-  body, peer}``; the response also carries ``Mcp-Session-Id``, ``MCP-Protocol-Version``
+  body, body_len, body_sha256, peer}``; the response also carries ``Mcp-Session-Id``, ``MCP-Protocol-Version``
   and hop-by-hop headers so a test can check what the proxy passes back.
 - ``GET .../sse?n=N&delay=S&id=ID``: ``text/event-stream`` with N events spaced S seconds,
   chunked; each event's data is ``{"i": i, "sent": <unix time>}``. What was sent, and
@@ -11,6 +11,7 @@ streaming tests. Stdlib only, HTTP/1.1, runs on a thread inside the pytest proce
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -52,7 +53,10 @@ class _Handler(BaseHTTPRequestHandler):
             "raw_target": self.path,
             "query": parts.query,
             "headers": [[k, v] for k, v in self.headers.items()],
-            "body": body.decode("utf-8", "replace"),
+            # small bodies verbatim; large ones by length and digest
+            "body": body.decode("utf-8", "replace") if len(body) <= 65536 else None,
+            "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
             "peer": self.client_address[0],
             "http_version": self.request_version,
         }

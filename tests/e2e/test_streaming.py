@@ -95,3 +95,20 @@ def test_mcp_progress_notifications_stream(
         f"the last was sent at +{sent[-1] - sent[0]:.3f}s: the stream was buffered"
     )
     assert len(res.logs) == n, f"log notifications: {res.logs}"
+
+
+def test_large_chunked_request_body_reaches_upstream_intact(gate: Credgate, echo: EchoUpstream) -> None:
+    import hashlib
+
+    token = _echo_token(gate)
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    count = 48  # 3 MiB, under the default max_body_bytes (10 MiB)
+
+    def gen():  # noqa: ANN202 - no Content-Length: sent chunked
+        for _ in range(count):
+            yield chunk
+
+    r = gate.proxy("POST", "/echo/upload", token, content=gen())
+    assert r.status_code == 200, describe(r)
+    assert r.json()["body_len"] == len(chunk) * count
+    assert r.json()["body_sha256"] == hashlib.sha256(chunk * count).hexdigest()
