@@ -4,6 +4,8 @@ streaming tests. Stdlib only, HTTP/1.1, runs on a thread inside the pytest proce
 - any path, any method: 200 JSON ``{method, path, query, headers: [[name, value], ...],
   body, body_len, body_sha256, peer}``; the response also carries ``Mcp-Session-Id``, ``MCP-Protocol-Version``
   and hop-by-hop headers so a test can check what the proxy passes back.
+- paths under ``/guarded``: 401 unless the bearer token is in the set given to ``guard()``
+  (an OAuth provider's live access tokens), like a real API whose token was revoked.
 - ``GET .../sse?n=N&delay=S&id=ID``: ``text/event-stream`` with N events spaced S seconds,
   chunked; each event's data is ``{"i": i, "sent": <unix time>}``. What was sent, and
   whether the client went away, is recorded in ``EchoUpstream.streams[ID]``.
@@ -61,6 +63,19 @@ class _Handler(BaseHTTPRequestHandler):
             "http_version": self.request_version,
         }
         self.server.requests.append(record)
+        guard = self.server.valid_bearers
+        if guard is not None and parts.path.startswith("/guarded"):
+            auth = self.headers.get("Authorization", "")
+            if not (auth.startswith("Bearer ") and auth[7:] in guard):
+                record["rejected"] = True
+                payload = b'{"message":"Bad credentials"}'
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("WWW-Authenticate", 'Bearer error="invalid_token"')
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
         if parts.path.endswith("/sse") and self.command == "GET":
             self._sse(parse_qs(parts.query))
             return
@@ -116,6 +131,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, _Handler)
         self.requests: list[dict] = []
         self.streams: dict[str, dict] = {}
+        self.valid_bearers: set[str] | None = None
 
 
 class EchoUpstream:
@@ -135,6 +151,10 @@ class EchoUpstream:
     @property
     def requests(self) -> list[dict]:
         return self._server.requests
+
+    def guard(self, valid_bearers: set[str] | None) -> None:
+        """Paths under ``/guarded`` answer 401 unless the bearer token is in ``valid_bearers``."""
+        self._server.valid_bearers = valid_bearers
 
     def close(self) -> None:
         self._server.shutdown()

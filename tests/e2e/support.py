@@ -134,11 +134,18 @@ class Client:
 class Credgate:
     """One credgate process with its own config, store, audit log and captured output."""
 
-    def __init__(self, workdir: Path, routes: list[dict[str, Any]], extra_sections: dict[str, dict] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        routes: list[dict[str, Any]],
+        extra_sections: dict[str, dict] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.routes = routes
         self.extra_sections = extra_sections or {}
+        self.extra_env = extra_env or {}
         self.admin_token = secrets.token_urlsafe(32)
         self.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
         self.store_path = workdir / "credgate.store"
@@ -178,6 +185,7 @@ class Credgate:
             RUST_LOG="debug",
             RUST_BACKTRACE="1",
         )
+        env.update(self.extra_env)
         return env
 
     @property
