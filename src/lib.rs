@@ -12,6 +12,7 @@
 //!   (`embedded` file backend; Vault).
 //! - [`metrics`]: Prometheus families.
 //! - [`audit`]: the secret-free audit log.
+//! - [`oauth`]: credgate as authorization server for its clients.
 
 pub mod config;
 pub mod error;
@@ -20,3 +21,4 @@ pub mod ids;
 pub mod store;
 pub mod audit;
 pub mod metrics;
+pub mod oauth;

@@ -1,0 +1,427 @@
+//! Signing keys: generated on first start, kept in the store so every replica
+//! validates every other's tokens, never deleted (old keys stay in the JWKS so
+//! tokens signed before a rotation keep validating).
+//!
+//! Layout: `_credgate/signing-keys/{kid}` holds `{kid, alg, publicJwk,
+//! privateKey, createdAt}` with `privateKey` encrypted under
+//! [`INTERNAL_KEYRING`] bound to the record path; `_credgate/signing-keys-active`
+//! names the key new tokens are signed with. Two replicas starting at once both
+//! write a key, but only one wins the check-and-set on the pointer; the loser
+//! deletes its key and adopts the winner's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{self as ring_sig, KeyPair};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use zeroize::Zeroizing;
+
+use crate::config::SigningAlg;
+use crate::store::{Cas, INTERNAL_KEYRING, Store, StoreError};
+
+pub(crate) const KEYS_PREFIX: &str = "_credgate/signing-keys";
+pub(crate) const ACTIVE_PATH: &str = "_credgate/signing-keys-active";
+
+/// One signing key. The private half is present only for the active key.
+pub(crate) struct SigningKey {
+    pub(crate) kid: Arc<str>,
+    pub(crate) alg: Algorithm,
+    pub(crate) decoding: DecodingKey,
+    /// The public JWK as published in `/.well-known/jwks.json`.
+    pub(crate) jwk: Value,
+    encoding: Option<EncodingKey>,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("private", &self.encoding.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// Builds a key from its public JWK (as stored), refusing anything that is
+    /// not exactly what credgate generates.
+    fn from_jwk(kid: &str, jwk: &Value) -> Result<Self, StoreError> {
+        let corrupt = |m: &str| StoreError::Corrupt(format!("signing key {kid}: {m}"));
+        let field = |name: &str| -> Result<Vec<u8>, StoreError> {
+            let s = jwk[name]
+                .as_str()
+                .ok_or_else(|| corrupt("JWK field missing"))?;
+            B64.decode(s)
+                .map_err(|_| corrupt("JWK field not base64url"))
+        };
+        let (alg, decoding) = match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+            (Some("OKP"), Some("Ed25519")) => {
+                let x = field("x")?;
+                if x.len() != 32 {
+                    return Err(corrupt("Ed25519 key must be 32 bytes"));
+                }
+                (Algorithm::EdDSA, DecodingKey::from_ed_der(&x))
+            }
+            (Some("EC"), Some("P-256")) => {
+                let (x, y) = (field("x")?, field("y")?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(corrupt("P-256 coordinates must be 32 bytes"));
+                }
+                let point = [&[4u8][..], &x, &y].concat();
+                (Algorithm::ES256, DecodingKey::from_ec_der(&point))
+            }
+            _ => return Err(corrupt("unsupported key type")),
+        };
+        Ok(SigningKey {
+            kid: kid.into(),
+            alg,
+            decoding,
+            jwk: jwk.clone(),
+            encoding: None,
+        })
+    }
+
+    /// The encoding key, for the active key only.
+    pub(crate) fn encoding(&self) -> Option<&EncodingKey> {
+        self.encoding.as_ref()
+    }
+}
+
+/// Every known key plus the active one. Immutable; replaced as a whole.
+#[derive(Debug)]
+pub(crate) struct KeySet {
+    pub(crate) active: Arc<SigningKey>,
+    pub(crate) by_kid: HashMap<Arc<str>, Arc<SigningKey>>,
+}
+
+impl KeySet {
+    pub(crate) fn get(&self, kid: &str) -> Option<&Arc<SigningKey>> {
+        self.by_kid.get(kid)
+    }
+
+    /// Whether the token's header names a key we know.
+    pub(crate) fn has_kid_of(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|h| h.kid)
+            .is_some_and(|kid| self.by_kid.contains_key(kid.as_str()))
+    }
+
+    /// The `/.well-known/jwks.json` document, sorted by kid for stable output.
+    pub(crate) fn jwks(&self) -> Value {
+        let mut keys: Vec<&Arc<SigningKey>> = self.by_kid.values().collect();
+        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+        json!({ "keys": keys.iter().map(|k| &k.jwk).collect::<Vec<_>>() })
+    }
+}
+
+fn key_path(kid: &str) -> String {
+    format!("{KEYS_PREFIX}/{kid}")
+}
+
+/// Kids are ours: `k` + 16 hex digits. Anything else listed is ignored.
+fn is_kid(s: &str) -> bool {
+    s.len() == 17 && s.starts_with('k') && s[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn new_kid(rng: &SystemRandom) -> Result<String, StoreError> {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b)
+        .map_err(|_| StoreError::Refused("OS random number generator failed".into()))?;
+    Ok(format!(
+        "k{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+fn wanted_alg(alg: SigningAlg) -> Result<Algorithm, StoreError> {
+    match alg {
+        SigningAlg::EdDSA => Ok(Algorithm::EdDSA),
+        SigningAlg::ES256 => Ok(Algorithm::ES256),
+        SigningAlg::RS256 => Err(StoreError::Refused(
+            "oauth.signing_alg = \"RS256\" is not supported yet; use \"EdDSA\" or \"ES256\"".into(),
+        )),
+    }
+}
+
+/// A fresh key pair: the PKCS#8 private key and the public JWK.
+fn generate(alg: Algorithm, kid: &str) -> Result<(Zeroizing<Vec<u8>>, Value), StoreError> {
+    let rng = SystemRandom::new();
+    let failed =
+        |_: ring::error::Unspecified| StoreError::Refused("signing key generation failed".into());
+    let rejected = |_: ring::error::KeyRejected| failed(ring::error::Unspecified);
+    match alg {
+        Algorithm::EdDSA => {
+            let doc = ring_sig::Ed25519KeyPair::generate_pkcs8(&rng).map_err(failed)?;
+            let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
+            let pair = ring_sig::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(rejected)?;
+            let x = B64.encode(pair.public_key().as_ref());
+            let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x,
+                             "kid": kid, "alg": "EdDSA", "use": "sig"});
+            Ok((pkcs8, jwk))
+        }
+        Algorithm::ES256 => {
+            let a = &ring_sig::ECDSA_P256_SHA256_FIXED_SIGNING;
+            let doc = ring_sig::EcdsaKeyPair::generate_pkcs8(a, &rng).map_err(failed)?;
+            let pkcs8 = Zeroizing::new(doc.as_ref().to_vec());
+            let pair = ring_sig::EcdsaKeyPair::from_pkcs8(a, &pkcs8, &rng).map_err(rejected)?;
+            let point = pair.public_key().as_ref();
+            let jwk = json!({"kty": "EC", "crv": "P-256",
+                             "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65]),
+                             "kid": kid, "alg": "ES256", "use": "sig"});
+            Ok((pkcs8, jwk))
+        }
+        _ => Err(StoreError::Refused("unsupported signing algorithm".into())),
+    }
+}
+
+fn with_private(mut key: SigningKey, pkcs8: &[u8]) -> SigningKey {
+    key.encoding = Some(match key.alg {
+        Algorithm::ES256 => EncodingKey::from_ec_der(pkcs8),
+        _ => EncodingKey::from_ed_der(pkcs8),
+    });
+    key
+}
+
+/// Generates a key and writes its record (not yet active).
+async fn create_key(store: &dyn Store, alg: Algorithm) -> Result<SigningKey, StoreError> {
+    let kid = new_kid(&SystemRandom::new())?;
+    let (pkcs8, jwk) = generate(alg, &kid)?;
+    let path = key_path(&kid);
+    let sealed = store
+        .encrypt(INTERNAL_KEYRING, &path, &[&pkcs8])
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("encrypt returned nothing".into()))?;
+    let now = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    let mut data = Map::new();
+    data.insert("kid".into(), json!(kid));
+    data.insert("alg".into(), jwk["alg"].clone());
+    data.insert("publicJwk".into(), jwk.clone());
+    data.insert("privateKey".into(), json!(sealed));
+    data.insert("createdAt".into(), json!(now));
+    store
+        .write(&path, data, BTreeMap::new(), Cas::Absent)
+        .await?;
+    Ok(with_private(SigningKey::from_jwk(&kid, &jwk)?, &pkcs8))
+}
+
+/// Reads a key record; decrypts the private half when `private`.
+async fn load_key(store: &dyn Store, kid: &str, private: bool) -> Result<SigningKey, StoreError> {
+    let path = key_path(kid);
+    let rec = store
+        .read(&path)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("signing key {kid} is missing")))?;
+    let key = SigningKey::from_jwk(kid, &rec.data["publicJwk"])?;
+    if !private {
+        return Ok(key);
+    }
+    let sealed = rec.data["privateKey"]
+        .as_str()
+        .ok_or_else(|| StoreError::Corrupt(format!("signing key {kid}: no private key")))?;
+    let pkcs8 = store
+        .decrypt(INTERNAL_KEYRING, &path, &[sealed])
+        .await?
+        .pop()
+        .ok_or(StoreError::Decrypt)?;
+    Ok(with_private(key, &pkcs8))
+}
+
+async fn read_active_kid(store: &dyn Store) -> Result<Option<(String, u64)>, StoreError> {
+    let Some(rec) = store.read(ACTIVE_PATH).await? else {
+        return Ok(None);
+    };
+    match rec.data.get("kid").and_then(Value::as_str) {
+        Some(kid) if is_kid(kid) => Ok(Some((kid.to_owned(), rec.version))),
+        _ => Err(StoreError::Corrupt(
+            "signing-keys-active names no key".into(),
+        )),
+    }
+}
+
+fn pointer(kid: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("kid".into(), json!(kid));
+    m
+}
+
+/// Loads the key set, creating the first key (or a key of the configured
+/// algorithm, when the active one has another) and converging with replicas
+/// that race to do the same.
+pub(crate) async fn load_or_create(
+    store: &dyn Store,
+    alg: SigningAlg,
+) -> Result<KeySet, StoreError> {
+    let wanted = wanted_alg(alg)?;
+    for _ in 0..5 {
+        let active = match read_active_kid(store).await? {
+            Some((kid, version)) => {
+                let key = load_key(store, &kid, true).await?;
+                if key.alg == wanted {
+                    key
+                } else {
+                    let new = create_key(store, wanted).await?;
+                    match store
+                        .write(
+                            ACTIVE_PATH,
+                            pointer(&new.kid),
+                            BTreeMap::new(),
+                            Cas::Version(version),
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            tracing::info!(kid = %new.kid, "signing key rotated to the configured algorithm");
+                            new
+                        }
+                        Err(StoreError::Conflict) => {
+                            store.delete(&key_path(&new.kid)).await?;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            None => {
+                let new = create_key(store, wanted).await?;
+                match store
+                    .write(ACTIVE_PATH, pointer(&new.kid), BTreeMap::new(), Cas::Absent)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(kid = %new.kid, "created the first signing key");
+                        new
+                    }
+                    Err(StoreError::Conflict) => {
+                        // Another replica won the race: use its key.
+                        store.delete(&key_path(&new.kid)).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        return complete(store, Arc::new(active), None).await;
+    }
+    Err(StoreError::Conflict)
+}
+
+/// Adds every other stored key (public half only) to `active`, reusing keys
+/// already in `known` (keys never change once written).
+async fn complete(
+    store: &dyn Store,
+    active: Arc<SigningKey>,
+    known: Option<&KeySet>,
+) -> Result<KeySet, StoreError> {
+    let mut by_kid = HashMap::new();
+    by_kid.insert(active.kid.clone(), active.clone());
+    for kid in store.list(KEYS_PREFIX).await? {
+        if !is_kid(&kid) || by_kid.contains_key(kid.as_str()) {
+            continue;
+        }
+        let key = match known.and_then(|k| k.get(&kid)) {
+            Some(k) => k.clone(),
+            // A key deleted between list and read lost a start-up race: skip it.
+            None => match load_key(store, &kid, false).await {
+                Ok(k) => Arc::new(k),
+                Err(StoreError::Corrupt(m)) => {
+                    tracing::warn!(kid, "skipping unreadable signing key: {m}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        by_kid.insert(key.kid.clone(), key);
+    }
+    Ok(KeySet { active, by_kid })
+}
+
+/// Picks up keys and activations made by other replicas. Returns `None` when
+/// nothing changed.
+pub(crate) async fn reload(
+    store: &dyn Store,
+    current: &KeySet,
+) -> Result<Option<KeySet>, StoreError> {
+    let Some((kid, _)) = read_active_kid(store).await? else {
+        return Ok(None);
+    };
+    let active = if *current.active.kid == *kid {
+        current.active.clone()
+    } else {
+        Arc::new(load_key(store, &kid, true).await?)
+    };
+    let next = complete(store, active, Some(current)).await?;
+    let changed =
+        !Arc::ptr_eq(&next.active, &current.active) || next.by_kid.len() != current.by_kid.len();
+    Ok(changed.then_some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::testing::MemStore;
+
+    #[tokio::test]
+    async fn first_start_creates_and_restart_keeps_the_key() {
+        let store = MemStore::new();
+        let a = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        assert!(a.active.encoding().is_some());
+        assert_eq!(a.jwks()["keys"][0]["kty"], "OKP");
+        assert_eq!(a.jwks()["keys"][0]["kid"], &*a.active.kid);
+        // The private key is stored sealed, never in clear.
+        let rec = store.read(&key_path(&a.active.kid)).await.unwrap().unwrap();
+        assert!(
+            rec.data["privateKey"]
+                .as_str()
+                .unwrap()
+                .starts_with("sealed:")
+        );
+        let b = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        assert_eq!(a.active.kid, b.active.kid);
+    }
+
+    #[tokio::test]
+    async fn racing_replicas_converge_on_one_key() {
+        let store = MemStore::new();
+        let (a, b) = tokio::join!(
+            load_or_create(&store, SigningAlg::EdDSA),
+            load_or_create(&store, SigningAlg::EdDSA)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.active.kid, b.active.kid);
+        assert_eq!(store.list(KEYS_PREFIX).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn changing_algorithm_rotates_and_keeps_the_old_key() {
+        let store = MemStore::new();
+        let ed = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        let es = load_or_create(&store, SigningAlg::ES256).await.unwrap();
+        assert_eq!(es.active.alg, Algorithm::ES256);
+        assert!(es.get(&ed.active.kid).is_some());
+        assert_eq!(es.jwks()["keys"].as_array().unwrap().len(), 2);
+        // A replica still on the old set picks the rotation up.
+        let next = reload(&store, &ed).await.unwrap().unwrap();
+        assert_eq!(next.active.kid, es.active.kid);
+        assert!(next.active.encoding().is_some());
+        assert!(reload(&store, &next).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn rs256_is_refused_clearly() {
+        let err = load_or_create(&MemStore::new(), SigningAlg::RS256)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("RS256"), "{err}");
+    }
+}

@@ -1,0 +1,461 @@
+//! credgate as an OAuth 2.0 authorization server for its own clients
+//! (SPEC §5): the token endpoint, JWT access tokens and their validation on
+//! every proxied request, signing keys, metadata, and the client registry.
+//!
+//! - [`Authority`] is the one handle the rest of the crate uses: `handle` for
+//!   the OAuth and well-known endpoints, `authenticate` on the hot path (no
+//!   store I/O: keys, clients and revocations are in memory, signature checks
+//!   cached by token digest), `sync_loop` to follow other replicas.
+//! - `clients`: records and [`ClientRegistry`]; `keys`: signing keys;
+//!   `jwt`: tokens; `token`: `/oauth/token`; `metadata`: RFC 8414 / 9728
+//!   documents; `throttle`: failed client authentication; `sync`: the change
+//!   marker; `revoke`: revocations, `/oauth/revoke`, `/oauth/introspect`.
+
+mod clients;
+mod jwt;
+mod keys;
+mod metadata;
+mod registration;
+mod revoke;
+mod sync;
+#[cfg(test)]
+mod testing;
+mod throttle;
+mod token;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, header};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+pub use clients::{Client, ClientError, ClientRegistry, ClientView, IpAllow, is_client_id};
+pub use registration::{
+    ClientUpdate, DEFAULT_GRACE_MINUTES, DEFAULT_STATIC_KEY_DAYS, MAX_GRACE_MINUTES, NewClient,
+    StaticKey,
+};
+
+use crate::audit::Audit;
+use crate::config::{Config, OAuthConfig};
+use crate::error::{AuthFailure, OAuthError, OAuthErrorCode, ProxyError};
+use crate::http::{Body, BoxError};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// The tenants a client (and its tokens) may act for: the `tenant` or
+/// `tenants` member of client records and token claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tenants {
+    #[serde(rename = "tenant")]
+    One(Arc<str>),
+    #[serde(rename = "tenants")]
+    Many(Arc<[Arc<str>]>),
+}
+
+impl Tenants {
+    pub fn contains(&self, tenant: &str) -> bool {
+        match self {
+            Tenants::One(t) => **t == *tenant,
+            Tenants::Many(ts) => ts.iter().any(|t| **t == *tenant),
+        }
+    }
+
+    /// The tenant of a single-tenant client.
+    pub fn single(&self) -> Option<&str> {
+        match self {
+            Tenants::One(t) => Some(t),
+            Tenants::Many(_) => None,
+        }
+    }
+}
+
+/// The authenticated caller of a proxied or admin request.
+#[derive(Debug)]
+pub struct Principal {
+    pub client_id: Arc<str>,
+    /// From the token's claims.
+    pub tenants: Tenants,
+    pub scopes: Arc<[Arc<str>]>,
+    /// The client's current record (allow lists, status).
+    pub client: Arc<Client>,
+    pub jti: Arc<str>,
+    pub exp: u64,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| **s == *scope)
+    }
+}
+
+/// A route as the authorization server sees it.
+#[derive(Debug, Clone)]
+struct Resource {
+    /// `path_prefix`, `/` for the root and host routes.
+    prefix: String,
+    url: String,
+    scopes: Vec<String>,
+}
+
+/// The authorization server. Built once at start-up, shared as `Arc`.
+pub struct Authority {
+    issuer: Arc<str>,
+    oauth: OAuthConfig,
+    resources: Vec<Resource>,
+    sync_interval: Duration,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
+    keys: RwLock<Arc<keys::KeySet>>,
+    clients: ClientRegistry,
+    revocations: revoke::Revocations,
+    changes: Arc<sync::Changes>,
+    cache: jwt::ValidationCache,
+    throttle: throttle::Throttle,
+    /// Wakes the sync loop early (a token named a kid we do not know yet).
+    sync_now: Notify,
+    /// SHA-256 of `CREDGATE_ADMIN_TOKEN`, accepted at `/oauth/introspect`.
+    admin_token: Option<jwt::Digest>,
+}
+
+/// Largest `/oauth/*` request body accepted.
+const MAX_OAUTH_BODY: usize = 64 * 1024;
+
+/// Longest bearer token looked at; ours are well under 2 KiB.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+impl Authority {
+    /// Loads (or creates on first start) the signing key(s) from the store and
+    /// all clients. `oauth.signing_alg = "RS256"` is refused (not built yet).
+    pub async fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        audit: Arc<Audit>,
+    ) -> Result<Self, StoreError> {
+        let changes = Arc::new(sync::Changes::default());
+        // Note the marker first: a change made while we load triggers a reload.
+        changes.moved(&*store).await?;
+        let keys = keys::load_or_create(&*store, config.oauth.signing_alg).await?;
+        let clients = ClientRegistry::new(store.clone(), changes.clone());
+        clients.reload().await?;
+        let revocations = revoke::Revocations::default();
+        revocations.reload(&*store, jwt::unix_now()).await?;
+        let public_url = &config.proxy.public_url;
+        let resources = config
+            .routes
+            .iter()
+            .map(|r| Resource {
+                prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
+                url: r.resource_url(public_url),
+                scopes: r.required_scopes.clone(),
+            })
+            .collect();
+        Ok(Authority {
+            issuer: config.issuer().into(),
+            oauth: config.oauth.clone(),
+            resources,
+            sync_interval: Duration::from_secs(config.store.sync_interval_seconds.max(1)),
+            throttle: throttle::Throttle::new(
+                config.oauth.max_failures_per_client,
+                config.oauth.max_failures_per_address,
+            ),
+            store,
+            metrics,
+            audit,
+            keys: RwLock::new(Arc::new(keys)),
+            clients,
+            revocations,
+            changes,
+            cache: jwt::ValidationCache::new(),
+            sync_now: Notify::new(),
+            admin_token: std::env::var(crate::config::ENV_ADMIN_TOKEN)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|t| jwt::digest(&zeroize::Zeroizing::new(t))),
+        })
+    }
+
+    pub fn clients(&self) -> &ClientRegistry {
+        &self.clients
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Token lifetime limits and the rest of `[oauth]`.
+    pub fn oauth_config(&self) -> &OAuthConfig {
+        &self.oauth
+    }
+
+    fn keys(&self) -> Arc<keys::KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Answers `/oauth/token`, `/oauth/authorize`, `/oauth/introspect`,
+    /// `/oauth/revoke`, `/.well-known/jwks.json`,
+    /// `/.well-known/oauth-authorization-server` and
+    /// `/.well-known/oauth-protected-resource[/<route prefix>]`. `None` when
+    /// the path is none of these (the caller answers 404).
+    pub async fn handle(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        peer: std::net::SocketAddr,
+        request_id: &str,
+    ) -> Option<Response<Body>> {
+        self.handle_request(req, peer, request_id).await
+    }
+
+    /// [`Authority::handle`] for any body type (tests use buffered bodies).
+    pub async fn handle_request<B>(
+        &self,
+        req: Request<B>,
+        peer: std::net::SocketAddr,
+        request_id: &str,
+    ) -> Option<Response<Body>>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        let path = req.uri().path();
+        let get_only = |doc: Option<Response<Body>>| {
+            doc.map(|resp| match *req.method() {
+                Method::GET | Method::HEAD => resp,
+                _ => method_not_allowed("GET, HEAD", request_id),
+            })
+        };
+        match path {
+            "/oauth/token" | "/oauth/introspect" | "/oauth/revoke"
+                if req.method() != Method::POST =>
+            {
+                Some(method_not_allowed("POST", request_id))
+            }
+            "/oauth/token" => Some(token::handle(self, req, peer, request_id).await),
+            "/oauth/introspect" => Some(revoke::introspect(self, req, peer).await),
+            "/oauth/revoke" => Some(revoke::revoke(self, req, peer, request_id).await),
+            "/oauth/authorize" => Some(
+                OAuthError::new(
+                    OAuthErrorCode::UnsupportedResponseType,
+                    "credgate issues tokens through the client_credentials grant only",
+                )
+                .into_response(),
+            ),
+            "/.well-known/jwks.json" => get_only(Some(metadata::public_json(&self.keys().jwks()))),
+            _ if metadata::is_as_metadata_path(path, &self.issuer) => get_only(Some(
+                metadata::public_json(&metadata::authorization_server(self)),
+            )),
+            _ => get_only(
+                metadata::protected_resource_path(self, path)
+                    .map(|doc| metadata::public_json(&doc)),
+            ),
+        }
+    }
+
+    /// Hot path: validates the `Authorization: Bearer` token of a proxied or
+    /// admin request without store I/O. `resource`: the route's resource URL
+    /// (tokens for the issuer or exactly that resource pass); `None` for the
+    /// admin API (issuer-audience tokens only). Counts
+    /// `credgate_auth_failures_total{reason}` on failure.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        resource: Option<&str>,
+        resource_metadata: &Arc<str>,
+    ) -> Result<Arc<Principal>, ProxyError> {
+        self.authenticate_at(headers, query, resource, jwt::unix_now())
+            .map_err(|reason| {
+                self.metrics
+                    .auth_failures_total
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                ProxyError::Unauthorized {
+                    reason,
+                    resource_metadata: resource_metadata.clone(),
+                }
+            })
+    }
+
+    fn authenticate_at(
+        &self,
+        headers: &http::HeaderMap,
+        query: Option<&str>,
+        resource: Option<&str>,
+        now: u64,
+    ) -> Result<Arc<Principal>, AuthFailure> {
+        if query.is_some_and(has_query_token) {
+            return Err(AuthFailure::QueryToken);
+        }
+        let token = bearer_token(headers)?;
+        let verified = self.verify_token(token)?;
+        jwt::check_time(&verified, now)?;
+        jwt::check_audience(&verified, &self.issuer, resource)?;
+        let client = self.usable_client(&verified)?;
+        // Scopes the client lost since the token was issued are dropped now,
+        // not at expiry (the common case, nothing lost, allocates nothing).
+        let held = |s: &Arc<str>| client.scopes.contains(s);
+        let scopes = if verified.scopes.iter().all(held) {
+            verified.scopes.clone()
+        } else {
+            verified
+                .scopes
+                .iter()
+                .filter(|s| held(s))
+                .cloned()
+                .collect()
+        };
+        Ok(Arc::new(Principal {
+            client_id: verified.client_id.clone(),
+            tenants: verified.tenants.clone(),
+            scopes,
+            client,
+            jti: verified.jti.clone(),
+            exp: verified.exp,
+        }))
+    }
+
+    /// Signature and static claims, from the cache when this token was seen.
+    fn verify_token(&self, token: &str) -> Result<Arc<jwt::Verified>, AuthFailure> {
+        self.cache.get_or_verify(token, || {
+            let keys = self.keys();
+            let result = jwt::verify(token, &keys, &self.issuer);
+            if result.is_err() && !keys.has_kid_of(token) {
+                // Perhaps another replica just added a key: look now rather
+                // than at the next tick (the loop rate-limits this).
+                self.sync_now.notify_one();
+            }
+            result
+        })
+    }
+
+    /// Whether the request bears the bootstrap admin token.
+    pub(crate) fn is_bootstrap_admin(&self, headers: &http::HeaderMap) -> bool {
+        use subtle::ConstantTimeEq;
+        match (&self.admin_token, bearer_token(headers)) {
+            (Some(expected), Ok(t)) => jwt::digest(t).ct_eq(expected).into(),
+            _ => false,
+        }
+    }
+
+    /// The token's client, if it still exists, is active, was not suspended
+    /// after the token was issued, still holds the token's tenants, and the
+    /// token is not revoked.
+    fn usable_client(&self, v: &jwt::Verified) -> Result<Arc<Client>, AuthFailure> {
+        let client = self
+            .clients
+            .get(&v.client_id)
+            .ok_or(AuthFailure::ClientInactive)?;
+        if !client.active || client.suspended_at_unix().is_some_and(|s| v.iat <= s) {
+            return Err(AuthFailure::ClientInactive);
+        }
+        let tenants_held = match &v.tenants {
+            Tenants::One(t) => client.tenants.contains(t),
+            Tenants::Many(ts) => ts.iter().all(|t| client.tenants.contains(t)),
+        };
+        if !tenants_held || self.revocations.is_revoked(&v.jti) {
+            return Err(AuthFailure::Revoked);
+        }
+        Ok(client)
+    }
+
+    /// Background job: every `store.sync_interval_seconds`, picks up other
+    /// replicas' changes to clients, keys and revocations. Returns when
+    /// `shutdown` turns true or its sender is dropped.
+    pub async fn sync_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        let mut last_early = Instant::now() - Duration::from_secs(60);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let full = tokio::select! {
+                _ = tick.tick() => {
+                    ticks += 1;
+                    ticks % sync::FULL_RELOAD_EVERY == 0
+                }
+                _ = self.sync_now.notified() => {
+                    if last_early.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    last_early = Instant::now();
+                    false
+                }
+                r = shutdown.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = self.sync_once(full).await {
+                tracing::warn!(error = %e, "oauth sync failed; retrying next interval");
+            }
+        }
+    }
+
+    /// One sync step: reload when the change marker moved (or `full`).
+    pub(crate) async fn sync_once(&self, full: bool) -> Result<(), StoreError> {
+        let moved = self.changes.moved(&*self.store).await?;
+        if !(moved || full) {
+            return Ok(());
+        }
+        let result = async {
+            self.clients.reload().await?;
+            if let Some(next) = keys::reload(&*self.store, &self.keys()).await? {
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            }
+            self.revocations.reload(&*self.store, jwt::unix_now()).await
+        }
+        .await;
+        if result.is_err() {
+            // Retry the whole reload next tick.
+            self.changes.forget();
+        }
+        result
+    }
+}
+
+fn method_not_allowed(allow: &'static str, request_id: &str) -> Response<Body> {
+    let mut resp = ProxyError::MethodNotAllowed.into_response(request_id);
+    resp.headers_mut()
+        .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+    resp
+}
+
+/// Whether the query string carries `access_token` (RFC 6750 §2.3), which
+/// credgate never accepts.
+fn has_query_token(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("").replace('+', " ");
+        percent_encoding::percent_decode_str(&key)
+            .decode_utf8_lossy()
+            .eq_ignore_ascii_case("access_token")
+    })
+}
+
+/// The token of a single `Authorization: Bearer …` header.
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthFailure> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(AuthFailure::Missing)?;
+    if values.next().is_some() {
+        return Err(AuthFailure::Malformed);
+    }
+    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthFailure::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthFailure::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,471 @@
+//! `POST /oauth/token`: the client_credentials grant (RFC 6749 §4.4).
+//!
+//! Phases, in order: address throttle → read and parse the body → pick the
+//! one client authentication method → grant type → authenticate (throttled) →
+//! client status and source address → scope → resource (audience) → mint.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::jwt::{self, AccessClaims};
+use super::{Authority, Client, MAX_OAUTH_BODY};
+use crate::audit::{AuditEvent, AuditKind};
+use crate::error::{OAuthError, OAuthErrorCode};
+use crate::http::{Body, BoxError, json_no_store, read_body};
+
+/// Standard base64 that tolerates missing padding (some clients strip it).
+const BASIC_B64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// How the client authenticated.
+#[derive(Debug)]
+pub(crate) enum ClientAuth {
+    None,
+    /// An `Authorization` header that is not valid Basic credentials.
+    Malformed,
+    Basic {
+        id: String,
+        secret: SecretString,
+    },
+    Post {
+        id: String,
+        secret: SecretString,
+    },
+}
+
+/// A parsed token request.
+#[derive(Debug)]
+pub(crate) struct TokenRequest {
+    pub(crate) grant_type: Option<String>,
+    pub(crate) scope: Option<String>,
+    pub(crate) resource: Option<String>,
+    /// The `token` parameter of `/oauth/revoke` and `/oauth/introspect`.
+    pub(crate) token: Option<SecretString>,
+    pub(crate) auth: ClientAuth,
+}
+
+/// A refused request: the answer plus what the audit log and metrics record.
+pub(crate) struct Denied {
+    pub(crate) error: OAuthError,
+    /// Set only when it names a registered client (never caller junk).
+    pub(crate) client_id: Option<Arc<str>>,
+}
+
+impl From<OAuthError> for Denied {
+    fn from(error: OAuthError) -> Self {
+        Denied {
+            error,
+            client_id: None,
+        }
+    }
+}
+
+fn invalid_request(msg: &str) -> OAuthError {
+    OAuthError::new(OAuthErrorCode::InvalidRequest, msg)
+}
+
+pub(crate) async fn handle<B>(
+    auth: &Authority,
+    req: Request<B>,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let ip = peer.ip();
+    match issue(auth, req, ip, request_id).await {
+        Ok(resp) => resp,
+        Err(denied) => {
+            auth.metrics
+                .tokens_issued_total
+                .with_label_values(&["denied"])
+                .inc();
+            let source_ip = Some(ip.to_string());
+            auth.audit.record(
+                AuditKind::TokenDenied,
+                AuditEvent {
+                    client_id: denied.client_id.as_deref(),
+                    source_ip,
+                    reason: Some(denied.error.code.as_str()),
+                    request_id: Some(request_id),
+                    ..Default::default()
+                },
+            );
+            denied.error.into_response()
+        }
+    }
+}
+
+async fn issue<B>(
+    auth: &Authority,
+    req: Request<B>,
+    ip: IpAddr,
+    request_id: &str,
+) -> Result<Response<Body>, Denied>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if let Some(wait) = auth.throttle.address_blocked(ip, Instant::now()) {
+        return Err(slow_down(auth, wait).into());
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, MAX_OAUTH_BODY)
+        .await
+        .map_err(|_| invalid_request("request body unreadable or over 64 KiB"))?;
+    let request = parse(&parts.headers, &body)?;
+    match request.grant_type.as_deref() {
+        None => return Err(invalid_request("grant_type is required").into()),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnsupportedGrantType,
+                "only client_credentials is supported",
+            )
+            .into());
+        }
+    }
+    let client = authenticate_client(auth, &request.auth, ip)?;
+    let denied = |error: OAuthError| Denied {
+        error,
+        client_id: Some(client.client_id.clone()),
+    };
+    if !client.active {
+        let e = OAuthError::new(OAuthErrorCode::AccessDenied, "client is suspended");
+        return Err(denied(e));
+    }
+    if !client.allows_ip(ip) {
+        let e = OAuthError::new(OAuthErrorCode::AccessDenied, "source address not allowed");
+        return Err(denied(e));
+    }
+    let scopes = select_scopes(&client, request.scope.as_deref()).map_err(denied)?;
+    let aud = auth
+        .audience_for(request.resource.as_deref())
+        .map_err(denied)?;
+    let minutes = client
+        .token_expiration_minutes
+        .unwrap_or(auth.oauth.default_token_minutes)
+        .min(auth.oauth.max_token_minutes);
+    let (token, claims) = auth
+        .mint(&client, &scopes, aud, minutes * 60, jwt::unix_now())
+        .map_err(denied)?;
+    auth.record_issued(
+        AuditKind::TokenIssued,
+        &client,
+        &claims,
+        Some(ip),
+        Some(request_id),
+        None,
+    );
+    Ok(json_no_store(
+        StatusCode::OK,
+        &json!({
+            "access_token": token.expose_secret(),
+            "token_type": "Bearer",
+            "expires_in": claims.exp - claims.iat,
+            "scope": claims.scope,
+        }),
+    ))
+}
+
+fn slow_down(auth: &Authority, wait: u64) -> OAuthError {
+    auth.metrics
+        .auth_failures_total
+        .with_label_values(&["throttled"])
+        .inc();
+    let mut e = OAuthError::new(
+        OAuthErrorCode::SlowDown,
+        "too many failed authentications; retry later",
+    );
+    e.retry_after_secs = Some(wait);
+    e
+}
+
+/// Checks the client's credentials; failures are throttled (see `throttle`).
+pub(crate) fn authenticate_client(
+    auth: &Authority,
+    method: &ClientAuth,
+    ip: IpAddr,
+) -> Result<Arc<Client>, Denied> {
+    let (id, secret, basic) = match method {
+        ClientAuth::Basic { id, secret } => (id.as_str(), Some(secret), true),
+        ClientAuth::Post { id, secret } => (id.as_str(), Some(secret), false),
+        ClientAuth::Malformed => ("", None, true),
+        ClientAuth::None => {
+            let mut e = OAuthError::new(
+                OAuthErrorCode::InvalidClient,
+                "client authentication required",
+            );
+            e.basic_challenge = true;
+            return Err(e.into());
+        }
+    };
+    let result = match secret {
+        Some(s) => auth.clients.authenticate(id, s, OffsetDateTime::now_utc()),
+        None => Err(false),
+    };
+    let known = match result {
+        Ok(client) => return Ok(client),
+        Err(known) => known,
+    };
+    let client_id = known.then(|| Arc::<str>::from(id));
+    if let Some(wait) = auth
+        .throttle
+        .record_failure(ip, client_id.as_deref(), Instant::now())
+    {
+        return Err(Denied {
+            error: slow_down(auth, wait),
+            client_id,
+        });
+    }
+    auth.metrics
+        .auth_failures_total
+        .with_label_values(&["invalid_client"])
+        .inc();
+    let mut e = OAuthError::new(
+        OAuthErrorCode::InvalidClient,
+        "client authentication failed",
+    );
+    e.basic_challenge = basic;
+    Err(Denied {
+        error: e,
+        client_id,
+    })
+}
+
+/// The requested scopes, all of which the client must hold; none requested
+/// means all of the client's. Order kept, duplicates dropped.
+pub(crate) fn select_scopes(
+    client: &Client,
+    requested: Option<&str>,
+) -> Result<Vec<Arc<str>>, OAuthError> {
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for s in requested.unwrap_or("").split(' ').filter(|s| !s.is_empty()) {
+        let held = client.scopes.iter().find(|c| ***c == *s).ok_or_else(|| {
+            OAuthError::new(
+                OAuthErrorCode::InvalidScope,
+                "requested scope exceeds the client's scopes",
+            )
+        })?;
+        if !out.contains(held) {
+            out.push(held.clone());
+        }
+    }
+    if out.is_empty() {
+        out = client.scopes.clone();
+    }
+    Ok(out)
+}
+
+impl Authority {
+    /// The `aud` for a token request: the issuer without `resource`, else
+    /// the route whose resource URL it names (a trailing `/` is ignored:
+    /// some clients normalize `http://host` to `http://host/`).
+    pub(crate) fn audience_for(&self, resource: Option<&str>) -> Result<Arc<str>, OAuthError> {
+        let Some(r) = resource else {
+            return Ok(self.issuer.clone());
+        };
+        let trimmed = r.strip_suffix('/').unwrap_or(r);
+        if trimmed == &*self.issuer {
+            return Ok(self.issuer.clone());
+        }
+        self.resources
+            .iter()
+            .find(|res| res.url == trimmed)
+            .map(|res| Arc::from(res.url.as_str()))
+            .ok_or_else(|| {
+                OAuthError::new(
+                    OAuthErrorCode::InvalidTarget,
+                    "resource is not a resource this server protects",
+                )
+            })
+    }
+
+    /// Signs a token for `client`.
+    pub(crate) fn mint(
+        &self,
+        client: &Client,
+        scopes: &[Arc<str>],
+        aud: Arc<str>,
+        lifetime_secs: u64,
+        now: u64,
+    ) -> Result<(SecretString, AccessClaims), OAuthError> {
+        let claims = AccessClaims {
+            iss: self.issuer.to_string(),
+            sub: client.client_id.to_string(),
+            aud: aud.to_string(),
+            exp: now + lifetime_secs,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().simple().to_string(),
+            scope: scopes.join(" "),
+            client_id: client.client_id.to_string(),
+            tenants: client.tenants.clone(),
+        };
+        let token = jwt::sign(&self.keys().active, &claims)
+            .ok_or_else(|| OAuthError::new(OAuthErrorCode::ServerError, "cannot sign token"))?;
+        Ok((token, claims))
+    }
+
+    /// Metrics and audit for an issued token (never the token itself).
+    pub(crate) fn record_issued(
+        &self,
+        kind: AuditKind,
+        client: &Client,
+        claims: &AccessClaims,
+        ip: Option<IpAddr>,
+        request_id: Option<&str>,
+        actor: Option<&str>,
+    ) {
+        self.metrics
+            .tokens_issued_total
+            .with_label_values(&["issued"])
+            .inc();
+        self.audit.record(
+            kind,
+            AuditEvent {
+                client_id: Some(&client.client_id),
+                tenant: client.tenants.single(),
+                source_ip: ip.map(|i| i.to_string()),
+                request_id,
+                actor,
+                jti: Some(&claims.jti),
+                ..Default::default()
+            },
+        );
+    }
+}
+
+/// Parses the body (form or JSON) and the client authentication.
+pub(crate) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
+    let mut params = params(headers, body)?;
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| parse_basic(v.as_bytes()));
+    let body_id = params.remove("client_id");
+    let body_secret = params.remove("client_secret").map(SecretString::from);
+    if params.contains_key("client_assertion") {
+        return Err(OAuthError::new(
+            OAuthErrorCode::InvalidClient,
+            "private_key_jwt is not supported for this client",
+        ));
+    }
+    let auth = match (basic, body_secret) {
+        (Some(_), Some(_)) => {
+            return Err(invalid_request(
+                "use exactly one client authentication method",
+            ));
+        }
+        (Some(Some((id, secret))), None) => {
+            if body_id.as_ref().is_some_and(|b| *b != id) {
+                return Err(invalid_request(
+                    "client_id differs from the Basic credentials",
+                ));
+            }
+            ClientAuth::Basic { id, secret }
+        }
+        (Some(None), None) => ClientAuth::Malformed,
+        (None, Some(secret)) => {
+            let id = body_id.ok_or_else(|| invalid_request("client_secret without client_id"))?;
+            ClientAuth::Post { id, secret }
+        }
+        (None, None) => ClientAuth::None,
+    };
+    Ok(TokenRequest {
+        grant_type: params.remove("grant_type"),
+        scope: params.remove("scope"),
+        resource: params.remove("resource"),
+        token: params.remove("token").map(SecretString::from),
+        auth,
+    })
+}
+
+/// Body parameters. Repeated parameters are refused (RFC 6749 §3.2); empty
+/// ones count as absent (§3.1).
+fn params(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let pairs: Vec<(String, String)> = match media.as_deref() {
+        Some("application/x-www-form-urlencoded") => serde_urlencoded::from_bytes(body)
+            .map_err(|_| invalid_request("malformed form body"))?,
+        Some("application/json") => {
+            let map: serde_json::Map<String, Value> = serde_json::from_slice(body)
+                .map_err(|_| invalid_request("body must be a JSON object"))?;
+            let mut pairs = Vec::with_capacity(map.len());
+            for (k, v) in map {
+                match v {
+                    Value::String(s) => pairs.push((k, s)),
+                    Value::Null => {}
+                    _ => return Err(invalid_request("parameters must be strings")),
+                }
+            }
+            pairs
+        }
+        None if body.is_empty() => Vec::new(),
+        _ => {
+            return Err(invalid_request(
+                "content type must be application/x-www-form-urlencoded or application/json",
+            ));
+        }
+    };
+    let mut out = HashMap::with_capacity(pairs.len());
+    for (k, v) in pairs {
+        if v.is_empty() {
+            continue;
+        }
+        if out.contains_key(&k) {
+            return Err(invalid_request("a parameter is repeated"));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
+/// `None` for anything else, including other schemes.
+fn parse_basic(value: &[u8]) -> Option<(String, SecretString)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, b64) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = zeroize::Zeroizing::new(BASIC_B64.decode(b64.trim()).ok()?);
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let form_decode = |s: &str| -> Option<String> {
+        let s = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
+    let id = form_decode(id)?;
+    let secret = SecretString::from(form_decode(secret)?);
+    (!id.is_empty()).then_some((id, secret))
+}
+
+#[cfg(test)]
+#[path = "token_tests.rs"]
+mod tests;
