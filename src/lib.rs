@@ -12,13 +12,31 @@
 //!   (`embedded` file backend; Vault).
 //! - [`metrics`]: Prometheus families.
 //! - [`audit`]: the secret-free audit log.
+//! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown; dispatch.
+//! - [`proxy`]: the proxied request path, top to bottom.
+//! - [`routes`]: the route table.
+//! - [`ratelimit`]: per-tenant and per-client token buckets.
+//! - [`upstream`]: the upstream client and header hygiene.
+//! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
+//! - [`admin`]: the admin API.
+//! - [`ops`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`state`]: `AppState`, built once and passed explicitly.
 
+pub mod admin;
+pub mod audit;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod ids;
-pub mod store;
-pub mod audit;
 pub mod metrics;
 pub mod oauth;
+pub mod ops;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod upstream;

@@ -1,1 +1,150 @@
-fn main(){}
+//! The `credgate` binary: parse the command line, load config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use credgate::config::{Config, LogFormat};
+use credgate::server::{self, Listeners};
+use credgate::state::AppState;
+use secrecy::SecretString;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "credgate",
+    about = "Credential-injecting sidecar proxy for MCP servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy and ops listeners.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Bootstrap admin bearer token.
+        #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<SecretString>,
+    },
+    /// Validate a config file and print it with defaults filled in.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("credgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                print!("{}", c.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("credgate: {}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve {
+            config,
+            admin_token,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("credgate: {}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_tracing(&config);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("credgate: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config, admin_token)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("credgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn serve(config: Config, admin_token: Option<SecretString>) -> anyhow::Result<()> {
+    if admin_token.is_none() {
+        tracing::warn!(
+            "CREDGATE_ADMIN_TOKEN is not set: only admin-scoped client tokens can use the admin API"
+        );
+    }
+    let state = Arc::new(
+        AppState::build(config, admin_token)
+            .await
+            .context("starting credgate")?,
+    );
+    let listeners = Listeners::bind(&state).await.context("binding listeners")?;
+    tracing::info!(
+        proxy = %listeners.proxy.local_addr()?,
+        ops = %listeners.ops.local_addr()?,
+        store = state.store.backend(),
+        "credgate listening"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(state.authority.clone().sync_loop(stop_rx.clone()));
+    let limits = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.rate_limits.evict_idle();
+        }
+    });
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, draining");
+        let _ = stop_tx.send(true);
+    });
+    server::serve(state, listeners, stop_rx).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
