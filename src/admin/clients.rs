@@ -199,3 +199,184 @@ async fn generate(
         }),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::testing::authority;
+    use http_body_util::BodyExt;
+
+    async fn call(
+        a: &Authority,
+        method: Method,
+        rest: &[&str],
+        body: Value,
+    ) -> Result<(StatusCode, http::HeaderMap, Value), ProxyError> {
+        let body = if body.is_null() {
+            Bytes::new()
+        } else {
+            Bytes::from(body.to_string())
+        };
+        let resp = handle(a, &method, rest, body, "admin-token").await?;
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, headers, serde_json::from_slice(&bytes).unwrap()))
+    }
+
+    fn bad_request<T: std::fmt::Debug>(r: Result<T, ProxyError>) -> bool {
+        matches!(r, Err(ProxyError::BadRequest(_)))
+    }
+
+    #[tokio::test]
+    async fn create_shows_the_secret_once_and_list_get_never() {
+        let (a, _) = authority().await;
+        let body = json!({"name": "agent", "description": "d", "tenant": "tenant-1",
+            "scopes": ["mcp"], "allowedIntegrations": ["github"], "allowedTools": ["echo"],
+            "allowedIps": ["10.0.0.0/8", "127.0.0.1"], "tokenExpirationMinutes": 30});
+        let (status, headers, v) = call(&a, Method::POST, &[], body).await.unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(v["success"], true);
+        let id = v["client"]["clientId"].as_str().unwrap().to_owned();
+        let secret = v["client"]["clientSecret"].as_str().unwrap().to_owned();
+        assert!(secret.len() >= 43);
+        assert_eq!(
+            v["client"]["allowedIps"],
+            json!(["10.0.0.0/8", "127.0.0.1/32"])
+        );
+        assert_eq!(v["client"]["tenant"], "tenant-1");
+
+        let (_, _, list) = call(&a, Method::GET, &[], Value::Null).await.unwrap();
+        let (_, _, one) = call(&a, Method::GET, &[&id], Value::Null).await.unwrap();
+        assert_eq!(one["client"]["name"], "agent");
+        assert_eq!(list["clients"][0]["clientId"], json!(id));
+        for doc in [list.to_string(), one.to_string()] {
+            assert!(!doc.contains(&secret) && !doc.contains("clientSecret"));
+            assert!(!doc.contains("sha256") && !doc.contains("secretHash"));
+        }
+    }
+
+    #[tokio::test]
+    async fn create_validation() {
+        let (a, _) = authority().await;
+        for body in [
+            json!({"name": "n", "tenant": "Bad Tenant"}),
+            json!({"name": "n"}),
+            json!({"name": "n", "tenant": "a", "tenants": ["b"]}),
+            json!({"name": "n", "tenants": []}),
+            json!({"name": "n", "tenant": "a", "tokenExpirationMinutes": 1441}),
+            json!({"name": "n", "tenant": "a", "tokenExpirationMinutes": 0}),
+            json!({"name": "n", "tenant": "a", "surprise": 1}),
+            json!({"name": "n", "tenant": "a", "allowedIps": ["nowhere"]}),
+            json!({"name": "n", "tenant": "a", "allowedIntegrations": ["../x"]}),
+            json!({"name": "n", "tenant": "a", "scopes": ["a b"]}),
+            json!({"name": "", "tenant": "a"}),
+            json!({"tenant": "a"}),
+        ] {
+            assert!(
+                bad_request(call(&a, Method::POST, &[], body.clone()).await),
+                "{body}"
+            );
+        }
+        assert!(bad_request(call(&a, Method::POST, &[], Value::Null).await));
+    }
+
+    #[tokio::test]
+    async fn path_segments_are_checked() {
+        let (a, _) = authority().await;
+        for seg in ["%2e%2e", "..", "a%2Fb", "a\0", "A", "a.b", ""] {
+            assert!(
+                bad_request(call(&a, Method::GET, &[seg], Value::Null).await),
+                "{seg:?}"
+            );
+        }
+        let absent = call(&a, Method::GET, &["cg-00000000000000000000"], Value::Null).await;
+        assert!(matches!(absent, Err(ProxyError::NotFound)));
+        let foreign = call(&a, Method::GET, &["tenant-1"], Value::Null).await;
+        assert!(matches!(foreign, Err(ProxyError::NotFound)));
+        let wrong = call(&a, Method::PATCH, &[], Value::Null).await;
+        assert!(matches!(wrong, Err(ProxyError::MethodNotAllowed)));
+    }
+
+    #[tokio::test]
+    async fn update_rotate_generate_delete() {
+        let (a, _) = authority().await;
+        let body = json!({"name": "agent", "tenant": "t", "scopes": ["mcp"]});
+        let (_, _, v) = call(&a, Method::POST, &[], body).await.unwrap();
+        let id = v["client"]["clientId"].as_str().unwrap().to_owned();
+
+        let (_, _, v) = call(&a, Method::PUT, &[&id], json!({"active": false}))
+            .await
+            .unwrap();
+        assert_eq!(v["client"]["active"], false);
+        assert!(v["client"]["suspendedAt"].is_string());
+        assert!(bad_request(
+            call(&a, Method::POST, &[&id, "generate-token"], Value::Null).await
+        ));
+        let (_, _, v) = call(
+            &a,
+            Method::PUT,
+            &[&id],
+            json!({"active": true, "name": "x"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (
+                v["client"]["active"].as_bool(),
+                v["client"]["name"].as_str()
+            ),
+            (Some(true), Some("x"))
+        );
+        assert!(bad_request(
+            call(&a, Method::PUT, &[&id], json!({"bogus": 1})).await
+        ));
+
+        let (_, h, v) = call(
+            &a,
+            Method::POST,
+            &[&id, "rotate-secret"],
+            json!({"graceMinutes": 5}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(v["clientId"], json!(id));
+        assert!(v["clientSecret"].is_string() && v["previousSecretValidUntil"].is_string());
+        let (_, _, v) = call(&a, Method::POST, &[&id, "rotate-secret"], Value::Null)
+            .await
+            .unwrap();
+        assert!(v["rotatedAt"].is_string());
+
+        let (_, _, v) = call(
+            &a,
+            Method::POST,
+            &[&id, "generate-token"],
+            json!({"expirationDays": 10}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v["expires_in"], 864_000);
+        assert_eq!(
+            (v["token_type"].as_str(), v["scope"].as_str()),
+            (Some("Bearer"), Some("mcp"))
+        );
+        let key = v["api_key"].as_str().unwrap();
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        let rm: std::sync::Arc<str> = "http://x".into();
+        assert!(a.authenticate(&h, None, None, &rm).is_ok());
+        let too_long = json!({"expirationDays": 366});
+        assert!(bad_request(
+            call(&a, Method::POST, &[&id, "generate-token"], too_long).await
+        ));
+
+        call(&a, Method::DELETE, &[&id], Value::Null).await.unwrap();
+        assert!(a.authenticate(&h, None, None, &rm).is_err());
+        let gone = call(&a, Method::DELETE, &[&id], Value::Null).await;
+        assert!(matches!(gone, Err(ProxyError::NotFound)));
+    }
+}

@@ -525,14 +525,10 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         assert!(reg.authenticate(&c.client_id, &secret, now).is_ok());
         let wrong = SecretString::from("nope");
-        assert_eq!(
-            reg.authenticate(&c.client_id, &wrong, now).unwrap_err(),
-            true
-        );
-        assert_eq!(
-            reg.authenticate("cg-00000000000000000000", &secret, now)
-                .unwrap_err(),
-            false
+        assert!(reg.authenticate(&c.client_id, &wrong, now).unwrap_err());
+        assert!(
+            !reg.authenticate("cg-00000000000000000000", &secret, now)
+                .unwrap_err()
         );
 
         let view = serde_json::to_string(&c.view()).unwrap();
@@ -561,11 +557,17 @@ mod tests {
         let (c, _) = a.create(sample).await.unwrap();
         b.reload().await.unwrap();
         // Both replicas update; neither write is lost.
-        a.update(&c.client_id, |c| Ok(c.name = "one".into()))
-            .await
-            .unwrap();
+        a.update(&c.client_id, |c| {
+            c.name = "one".into();
+            Ok(())
+        })
+        .await
+        .unwrap();
         let after = b
-            .update(&c.client_id, |c| Ok(c.description = "two".into()))
+            .update(&c.client_id, |c| {
+                c.description = "two".into();
+                Ok(())
+            })
             .await
             .unwrap();
         assert_eq!(

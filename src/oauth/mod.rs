@@ -19,7 +19,7 @@ mod registration;
 mod revoke;
 mod sync;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod throttle;
 mod token;
 
@@ -376,7 +376,7 @@ impl Authority {
             let full = tokio::select! {
                 _ = tick.tick() => {
                     ticks += 1;
-                    ticks % sync::FULL_RELOAD_EVERY == 0
+                    ticks.is_multiple_of(sync::FULL_RELOAD_EVERY)
                 }
                 _ = self.sync_now.notified() => {
                     if last_early.elapsed() < Duration::from_secs(1) {

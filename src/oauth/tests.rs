@@ -1,1 +1,544 @@
+//! Authority-level tests: the endpoints through `handle_request`, token
+//! validation, and replicas following each other through the store.
 
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
+use http_body_util::{BodyExt, Full};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use super::testing::{GITHUB, MemStore, PUBLIC, authority, authority_on};
+use super::*;
+
+pub(crate) fn spec(body: Value) -> NewClient {
+    serde_json::from_value(body).unwrap()
+}
+
+/// A client with scopes `mcp admin introspect`, tenant `tenant-1`.
+pub(crate) async fn client(a: &Authority) -> (Arc<Client>, String) {
+    let (c, s) = a
+        .create_client(
+            spec(json!({"name": "agent", "tenant": "tenant-1",
+                        "scopes": ["mcp", "admin", "introspect"]})),
+            "test",
+        )
+        .await
+        .unwrap();
+    (c, s.expose_secret().to_owned())
+}
+
+fn peer(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), 40000)
+}
+
+pub(crate) fn basic(id: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")))
+}
+
+async fn call(
+    a: &Authority,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    from: &str,
+) -> (u16, http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+    let resp = a
+        .handle_request(req, peer(from), "req-1")
+        .await
+        .expect("handled");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+async fn token(
+    a: &Authority,
+    id: &str,
+    secret: &str,
+    extra: &str,
+) -> (u16, http::HeaderMap, Value) {
+    let auth = basic(id, secret);
+    let body = format!("grant_type=client_credentials{extra}");
+    call(
+        a,
+        "POST",
+        "/oauth/token",
+        &[FORM, ("authorization", &auth)],
+        &body,
+        "192.0.2.1",
+    )
+    .await
+}
+
+fn bearer(token: &str) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    h
+}
+
+fn check(
+    a: &Authority,
+    token: &str,
+    resource: Option<&str>,
+) -> Result<Arc<Principal>, AuthFailure> {
+    a.authenticate_at(&bearer(token), None, resource, jwt::unix_now())
+}
+
+#[tokio::test]
+async fn basic_form_token_round_trip() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let (status, headers, body) = token(&a, &c.client_id, &secret, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(body["scope"], "mcp admin introspect");
+    let t = body["access_token"].as_str().unwrap();
+    let p = check(&a, t, Some(GITHUB)).unwrap();
+    assert_eq!(&*p.client_id, &*c.client_id);
+    assert_eq!(p.tenants, Tenants::One("tenant-1".into()));
+    assert!(p.has_scope("admin") && !p.has_scope("other"));
+    // Header and claims are RFC 9068 shaped.
+    let parts: Vec<&str> = t.split('.').collect();
+    let header: Value = serde_json::from_slice(&B64.decode(parts[0]).unwrap()).unwrap();
+    let claims: Value = serde_json::from_slice(&B64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        (header["typ"].as_str(), header["alg"].as_str()),
+        (Some("at+jwt"), Some("EdDSA"))
+    );
+    assert_eq!(header["kid"], json!(&*a.keys().active.kid));
+    assert_eq!(claims["iss"], PUBLIC);
+    assert_eq!(claims["aud"], PUBLIC);
+    assert_eq!(claims["sub"], json!(&*c.client_id));
+    assert_eq!(claims["client_id"], json!(&*c.client_id));
+    assert_eq!(claims["tenant"], "tenant-1");
+    for k in ["exp", "iat", "nbf", "jti"] {
+        assert!(!claims[k].is_null(), "{k}");
+    }
+}
+
+#[tokio::test]
+async fn json_post_auth_and_scope_subset() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let body = json!({"grant_type": "client_credentials", "client_id": &*c.client_id,
+                      "client_secret": secret, "scope": "mcp mcp"})
+    .to_string();
+    let (status, _, v) = call(&a, "POST", "/oauth/token", &[JSON], &body, "192.0.2.1").await;
+    assert_eq!((status, v["scope"].as_str()), (200, Some("mcp")), "{v}");
+    let (status, _, v) = token(&a, &c.client_id, &secret, "&scope=mcp+bogus").await;
+    assert_eq!((status, v["error"].as_str()), (400, Some("invalid_scope")));
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let auth = basic(&c.client_id, &secret);
+    let both = format!(
+        "grant_type=client_credentials&client_id={}&client_secret={secret}",
+        c.client_id
+    );
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, u16, &'a str);
+    let cases: [Case; 5] = [
+        (
+            &[FORM, ("authorization", &auth)],
+            &both,
+            400,
+            "invalid_request",
+        ),
+        (
+            &[FORM, ("authorization", &auth)],
+            "scope=mcp",
+            400,
+            "invalid_request",
+        ),
+        (
+            &[FORM, ("authorization", &auth)],
+            "grant_type=password",
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            &[("content-type", "text/plain"), ("authorization", &auth)],
+            "x",
+            400,
+            "invalid_request",
+        ),
+        (
+            &[FORM],
+            "grant_type=client_credentials",
+            401,
+            "invalid_client",
+        ),
+    ];
+    for (headers, body, status, error) in cases {
+        let (s, _, v) = call(&a, "POST", "/oauth/token", headers, body, "192.0.2.9").await;
+        assert_eq!((s, v["error"].as_str()), (status, Some(error)), "{body}");
+    }
+    let (s, h, _) = call(&a, "GET", "/oauth/token", &[], "", "192.0.2.9").await;
+    assert_eq!((s, h["allow"].to_str().unwrap()), (405, "POST"));
+}
+
+#[tokio::test]
+async fn bad_credentials_get_401_with_basic_challenge_only_for_basic() {
+    let (a, _) = authority().await;
+    let (c, _) = client(&a).await;
+    let (status, headers, v) = token(&a, &c.client_id, "wrong", "").await;
+    assert_eq!((status, v["error"].as_str()), (401, Some("invalid_client")));
+    assert_eq!(headers["www-authenticate"], r#"Basic realm="credgate""#);
+    let body = format!(
+        "grant_type=client_credentials&client_id={}&client_secret=wrong",
+        c.client_id
+    );
+    let (status, headers, _) = call(&a, "POST", "/oauth/token", &[FORM], &body, "192.0.2.1").await;
+    assert_eq!(status, 401);
+    assert!(headers.get("www-authenticate").is_none());
+}
+
+#[tokio::test]
+async fn resource_sets_audience_and_limits_the_token_to_that_route() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let (s, _, v) = token(&a, &c.client_id, &secret, &format!("&resource={GITHUB}")).await;
+    assert_eq!(s, 200, "{v}");
+    let t = v["access_token"].as_str().unwrap();
+    assert!(check(&a, t, Some(GITHUB)).is_ok());
+    let slack = format!("{PUBLIC}/slack");
+    assert_eq!(
+        check(&a, t, Some(&slack)).unwrap_err(),
+        AuthFailure::WrongAudience
+    );
+    assert_eq!(check(&a, t, None).unwrap_err(), AuthFailure::WrongAudience);
+    // The SDK's normalized `http://host/` names the issuer.
+    let (s, _, v) = token(&a, &c.client_id, &secret, &format!("&resource={PUBLIC}/")).await;
+    assert_eq!(s, 200);
+    assert!(check(&a, v["access_token"].as_str().unwrap(), None).is_ok());
+    let (s, _, v) = token(
+        &a,
+        &c.client_id,
+        &secret,
+        "&resource=http://evil.example/github",
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_target")));
+}
+
+#[tokio::test]
+async fn lifetime_follows_client_and_cap() {
+    let (a, _) = authority().await;
+    let (c, s) = a
+        .create_client(
+            spec(json!({"name": "n", "tenants": ["a", "b"], "tokenExpirationMinutes": 5})),
+            "t",
+        )
+        .await
+        .unwrap();
+    let (_, _, v) = token(&a, &c.client_id, s.expose_secret(), "").await;
+    assert_eq!(v["expires_in"], 300);
+    let p = check(&a, v["access_token"].as_str().unwrap(), None).unwrap();
+    assert_eq!(
+        p.tenants,
+        Tenants::Many(vec![Arc::from("a"), Arc::from("b")].into())
+    );
+    let err = a
+        .create_client(
+            spec(json!({"name": "n", "tenant": "a", "tokenExpirationMinutes": 1441})),
+            "t",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Invalid(_)));
+}
+
+#[tokio::test]
+async fn suspension_stops_tokens_at_once_and_reactivation_does_not_revive_them() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+    let old = v["access_token"].as_str().unwrap().to_owned();
+    assert!(check(&a, &old, None).is_ok());
+    let off = ClientUpdate {
+        active: Some(false),
+        ..Default::default()
+    };
+    a.update_client(&c.client_id, off, "admin").await.unwrap();
+    assert_eq!(
+        check(&a, &old, None).unwrap_err(),
+        AuthFailure::ClientInactive
+    );
+    let (s, _, v) = token(&a, &c.client_id, &secret, "").await;
+    assert_eq!((s, v["error"].as_str()), (403, Some("access_denied")));
+    let on = ClientUpdate {
+        active: Some(true),
+        ..Default::default()
+    };
+    a.update_client(&c.client_id, on, "admin").await.unwrap();
+    assert_eq!(
+        check(&a, &old, None).unwrap_err(),
+        AuthFailure::ClientInactive
+    );
+    // A token minted right after reactivation works, even in the same second.
+    let (s, _, v) = token(&a, &c.client_id, &secret, "").await;
+    assert_eq!(s, 200);
+    assert!(check(&a, v["access_token"].as_str().unwrap(), None).is_ok());
+}
+
+#[tokio::test]
+async fn throttling_refuses_attackers_but_not_the_owner_of_the_secret() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let attack = |ip: &'static str| {
+        let body = format!(
+            "grant_type=client_credentials&client_id={}&client_secret=guess",
+            c.client_id
+        );
+        let a = &a;
+        async move { call(a, "POST", "/oauth/token", &[FORM], &body, ip).await }
+    };
+    // Client-id bucket (3) fills: wrong guesses now get 429.
+    for _ in 0..2 {
+        assert_eq!(attack("198.51.100.1").await.0, 401);
+    }
+    let (s, h, v) = attack("198.51.100.2").await;
+    assert_eq!((s, v["error"].as_str()), (429, Some("slow_down")));
+    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() > 0);
+    // The real secret from a clean address still gets a token.
+    assert_eq!(token(&a, &c.client_id, &secret, "").await.0, 200);
+    // An address over its own limit (5) is refused before any check.
+    for _ in 0..3 {
+        attack("198.51.100.1").await;
+    }
+    let auth = basic(&c.client_id, &secret);
+    let (s, _, _) = call(
+        &a,
+        "POST",
+        "/oauth/token",
+        &[FORM, ("authorization", &auth)],
+        "grant_type=client_credentials",
+        "198.51.100.1",
+    )
+    .await;
+    assert_eq!(s, 429);
+}
+
+#[tokio::test]
+async fn hot_path_reads_no_store_and_caches_by_digest() {
+    let (a, store) = authority().await;
+    let (c, secret) = client(&a).await;
+    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+    let t = v["access_token"].as_str().unwrap();
+    let reads = store.reads.load(Ordering::Relaxed);
+    assert!(!a.cache.contains(t));
+    for _ in 0..3 {
+        check(&a, t, Some(GITHUB)).unwrap();
+    }
+    assert!(a.cache.contains(t));
+    assert_eq!(store.reads.load(Ordering::Relaxed), reads);
+    // A cached token is still re-checked against current state.
+    a.delete_client(&c.client_id, "admin").await.unwrap();
+    assert_eq!(check(&a, t, None).unwrap_err(), AuthFailure::ClientInactive);
+}
+
+#[tokio::test]
+async fn missing_query_and_foreign_scheme_tokens() {
+    let (a, _) = authority().await;
+    let none = http::HeaderMap::new();
+    let now = jwt::unix_now();
+    assert_eq!(
+        a.authenticate_at(&none, None, None, now).unwrap_err(),
+        AuthFailure::Missing
+    );
+    for q in ["access_token=x", "a=1&access%5Ftoken=x", "ACCESS_TOKEN"] {
+        let err = a
+            .authenticate_at(&bearer("x"), Some(q), None, now)
+            .unwrap_err();
+        assert_eq!(err, AuthFailure::QueryToken, "{q}");
+    }
+    let mut basic_auth = http::HeaderMap::new();
+    basic_auth.insert(header::AUTHORIZATION, "Basic eDp5".parse().unwrap());
+    assert_eq!(
+        a.authenticate_at(&basic_auth, None, None, now).unwrap_err(),
+        AuthFailure::Missing
+    );
+    let rm: Arc<str> = "http://x/.well-known/oauth-protected-resource".into();
+    let err = a.authenticate(&none, None, None, &rm).unwrap_err();
+    assert!(matches!(
+        err,
+        ProxyError::Unauthorized {
+            reason: AuthFailure::Missing,
+            ..
+        }
+    ));
+    let text = String::from_utf8(a.metrics.render()).unwrap();
+    assert!(text.contains(r#"credgate_auth_failures_total{reason="missing"} 1"#));
+}
+
+#[tokio::test]
+async fn metadata_documents() {
+    let (a, _) = authority().await;
+    let (s, h, v) = call(
+        &a,
+        "GET",
+        "/.well-known/oauth-authorization-server",
+        &[],
+        "",
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(v["issuer"], PUBLIC);
+    assert_eq!(v["token_endpoint"], format!("{PUBLIC}/oauth/token"));
+    assert_eq!(
+        v["authorization_endpoint"],
+        format!("{PUBLIC}/oauth/authorize")
+    );
+    assert_eq!(v["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(v["response_types_supported"], json!([]));
+    assert!(v.get("scopes_supported").is_none());
+    let (_, _, jwks) = call(&a, "GET", "/.well-known/jwks.json", &[], "", "192.0.2.1").await;
+    let key = &jwks["keys"][0];
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["crv"].as_str(),
+            key["use"].as_str()
+        ),
+        (Some("OKP"), Some("Ed25519"), Some("sig"))
+    );
+    assert!(key.get("d").is_none());
+    let (_, _, pr) = call(
+        &a,
+        "GET",
+        "/.well-known/oauth-protected-resource/github",
+        &[],
+        "",
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(pr["resource"], GITHUB);
+    assert_eq!(pr["authorization_servers"], json!([PUBLIC]));
+    assert_eq!(pr["scopes_supported"], json!(["mcp"]));
+    assert_eq!(pr["bearer_methods_supported"], json!(["header"]));
+    let (_, _, root) = call(
+        &a,
+        "GET",
+        "/.well-known/oauth-protected-resource",
+        &[],
+        "",
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(root["resource"], PUBLIC);
+    let (_, _, slack) = call(
+        &a,
+        "GET",
+        "/.well-known/oauth-protected-resource/slack",
+        &[],
+        "",
+        "192.0.2.1",
+    )
+    .await;
+    assert!(slack.get("scopes_supported").is_none());
+    let req = Request::get("/.well-known/oauth-protected-resource/nope")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(
+        a.handle_request(req, peer("192.0.2.1"), "r")
+            .await
+            .is_none()
+    );
+    let (s, _, v) = call(
+        &a,
+        "GET",
+        "/oauth/authorize?response_type=code",
+        &[],
+        "",
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("unsupported_response_type"))
+    );
+}
+
+#[tokio::test]
+async fn replicas_follow_each_other_through_the_store() {
+    let store = Arc::new(MemStore::new());
+    let a = authority_on(store.clone(), "").await;
+    let b = authority_on(store.clone(), "").await;
+    assert_eq!(a.keys().active.kid, b.keys().active.kid);
+    let (c, secret) = client(&a).await;
+    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+    let t = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        check(&b, &t, None).unwrap_err(),
+        AuthFailure::ClientInactive
+    );
+    b.sync_once(false).await.unwrap();
+    assert!(check(&b, &t, None).is_ok());
+    let off = ClientUpdate {
+        active: Some(false),
+        ..Default::default()
+    };
+    a.update_client(&c.client_id, off, "admin").await.unwrap();
+    b.sync_once(false).await.unwrap();
+    assert_eq!(
+        check(&b, &t, None).unwrap_err(),
+        AuthFailure::ClientInactive
+    );
+    // Nothing changed: one marker read, no reload.
+    let reads = store.reads.load(Ordering::Relaxed);
+    b.sync_once(false).await.unwrap();
+    assert_eq!(store.reads.load(Ordering::Relaxed), reads + 1);
+}
+
+#[tokio::test]
+async fn restart_keeps_keys_so_old_tokens_validate() {
+    let store = Arc::new(MemStore::new());
+    let a = authority_on(store.clone(), "").await;
+    let (c, secret) = client(&a).await;
+    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+    drop(a);
+    let again = authority_on(store, "").await;
+    assert!(check(&again, v["access_token"].as_str().unwrap(), None).is_ok());
+}
+
+#[tokio::test]
+async fn es256_tokens_validate() {
+    let store = Arc::new(MemStore::new());
+    let a = authority_on(store, "signing_alg = \"ES256\"").await;
+    let (c, secret) = client(&a).await;
+    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+    let t = v["access_token"].as_str().unwrap();
+    assert!(check(&a, t, None).is_ok());
+    let header: Value =
+        serde_json::from_slice(&B64.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["alg"], "ES256");
+}
+
+#[path = "jwt_tests.rs"]
+mod jwt_tests;

@@ -304,12 +304,16 @@ impl Authority {
         lifetime_secs: u64,
         now: u64,
     ) -> Result<(SecretString, AccessClaims), OAuthError> {
+        // Tokens issued at or before the last suspension's second are
+        // refused; a token minted after a reactivation in that same second
+        // must not be, so its `iat` moves to the next second.
+        let iat = client.suspended_at_unix().map_or(now, |s| now.max(s + 1));
         let claims = AccessClaims {
             iss: self.issuer.to_string(),
             sub: client.client_id.to_string(),
             aud: aud.to_string(),
-            exp: now + lifetime_secs,
-            iat: now,
+            exp: iat + lifetime_secs,
+            iat,
             nbf: now,
             jti: uuid::Uuid::new_v4().simple().to_string(),
             scope: scopes.join(" "),
