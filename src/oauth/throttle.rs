@@ -3,13 +3,13 @@
 //! Design — an attacker must not be able to lock a legitimate client out:
 //!
 //! - **Per source address** (IPv4 address, IPv6 /64): once an address has
-//!   `max_failures_per_address` failures in its window, every token request
-//!   from it is refused with 429 *before* credentials are checked. This sheds
+//!   `max_failures_per_address` failures in its window, every further token
+//!   request from it is refused with 429 *before* credentials are checked. This sheds
 //!   load, and an attacker can only lock out its own address.
 //! - **Per client id**: failures against a *registered* client id are counted
 //!   too (unknown ids are not, so the map stays bounded by the number of
-//!   clients). When the bucket is full, a request with the *wrong* credentials
-//!   gets 429 instead of 401, but a request with the *right* credentials still
+//!   clients). Past `max_failures_per_client`, a request with the *wrong*
+//!   credentials gets 429 instead of 401, but a request with the *right* credentials still
 //!   succeeds: holding the secret proves legitimacy, so hammering a victim's
 //!   client id cannot deny it tokens. Secrets carry 256 random bits, so letting
 //!   the check run does not make guessing feasible.
@@ -52,7 +52,7 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         }
     }
 
-    /// Seconds until the key may try again, if it is over its limit.
+    /// Seconds until the key may try again, once it used up its `limit`.
     fn blocked_for(&self, key: &K, now: Instant) -> Option<u64> {
         let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let w = windows.get(key)?;
@@ -81,7 +81,8 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         }
         w.failures = w.failures.saturating_add(1);
         let end = w.start + WINDOW;
-        (w.failures >= self.limit).then(|| ceil_secs(end - now))
+        // `limit` failures are allowed in a window; the next one is throttled.
+        (w.failures > self.limit).then(|| ceil_secs(end - now))
     }
 }
 
@@ -151,15 +152,17 @@ mod tests {
         let t = Throttle::new(10, 3);
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
+        for _ in 0..2 {
+            assert_eq!(t.record_failure(a, None, t0), None);
+            assert_eq!(t.address_blocked(a, t0), None);
+        }
         assert_eq!(t.record_failure(a, None, t0), None);
-        assert_eq!(t.record_failure(a, None, t0), None);
-        assert_eq!(t.address_blocked(a, t0), None);
-        assert_eq!(t.record_failure(a, None, t0), Some(60));
         assert_eq!(t.address_blocked(a, t0 + Duration::from_secs(20)), Some(40));
         assert_eq!(t.address_blocked(ip("192.0.2.2"), t0), None);
         assert_eq!(t.address_blocked(a, t0 + WINDOW), None);
         // A new window starts counting from zero.
         assert_eq!(t.record_failure(a, None, t0 + WINDOW), None);
+        assert_eq!(t.address_blocked(a, t0 + WINDOW), None);
     }
 
     #[test]
@@ -168,9 +171,13 @@ mod tests {
         let t0 = Instant::now();
         let attacker = ip("198.51.100.7");
         assert_eq!(t.record_failure(attacker, Some("cg-victim"), t0), None);
-        assert!(t.record_failure(attacker, Some("cg-victim"), t0).is_some());
+        assert_eq!(t.record_failure(attacker, Some("cg-victim"), t0), None);
+        assert_eq!(
+            t.record_failure(attacker, Some("cg-victim"), t0 + Duration::from_millis(500)),
+            Some(60)
+        );
         // The legitimate client's address is not blocked: its correct secret
-        // is still checked (and succeeds) — see Throttle docs.
+        // is still checked (and succeeds) — see the module doc.
         assert_eq!(t.address_blocked(ip("203.0.113.9"), t0), None);
         // A wrong guess from anywhere for that client id gets 429.
         assert!(
