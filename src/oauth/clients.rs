@@ -168,6 +168,9 @@ pub struct Client {
     pub allowed_ips: Vec<IpAllow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expiration_minutes: Option<u64>,
+    /// Public keys for `private_key_jwt` (`{"keys": [...]}`), if registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<Value>,
     pub active: bool,
     pub(crate) secret_hash: SecretHash,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +205,8 @@ pub struct ClientView<'a> {
     allowed_ips: &'a [IpAllow],
     #[serde(skip_serializing_if = "Option::is_none")]
     token_expiration_minutes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks: Option<&'a Value>,
     active: bool,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
@@ -225,6 +230,7 @@ impl Client {
             allowed_tools: &self.allowed_tools,
             allowed_ips: &self.allowed_ips,
             token_expiration_minutes: self.token_expiration_minutes,
+            jwks: self.jwks.as_ref(),
             active: self.active,
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -485,6 +491,7 @@ mod tests {
             allowed_tools: vec![],
             allowed_ips: vec![],
             token_expiration_minutes: None,
+            jwks: None,
             active: true,
             secret_hash: hash,
             previous_secret_hash: None,

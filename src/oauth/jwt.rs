@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, Header, Validation};
+use jsonwebtoken::{Header, Validation};
 use ring::digest;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -220,14 +220,5 @@ impl ValidationCache {
     #[cfg(test)]
     pub(crate) fn contains(&self, token: &str) -> bool {
         self.cache.contains_key(&digest(token))
-    }
-}
-
-/// The algorithms credgate signs with, for metadata.
-pub(crate) fn alg_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::ES256 => "ES256",
-        Algorithm::RS256 => "RS256",
-        _ => "EdDSA",
     }
 }

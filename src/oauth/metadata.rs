@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::Authority;
-use super::jwt::alg_name;
+use super::assertion;
 use crate::http::{Body, json_response};
 
 const AS_WELL_KNOWN: &str = "/.well-known/oauth-authorization-server";
@@ -47,7 +47,6 @@ pub(crate) fn is_as_metadata_path(path: &str, issuer: &str) -> bool {
 
 pub(crate) fn authorization_server(auth: &Authority) -> Value {
     let iss = auth.issuer();
-    let algs = [alg_name(auth.keys().active.alg)];
     json!({
         "issuer": iss,
         "authorization_endpoint": format!("{iss}/oauth/authorize"),
@@ -57,10 +56,11 @@ pub(crate) fn authorization_server(auth: &Authority) -> Value {
         "revocation_endpoint": format!("{iss}/oauth/revoke"),
         "grant_types_supported": ["client_credentials"],
         "response_types_supported": [],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "token_endpoint_auth_signing_alg_values_supported": assertion::ALGORITHMS,
         "resource_indicators_supported": true,
     })
 }

@@ -7,10 +7,11 @@
 //!   store I/O: keys, clients and revocations are in memory, signature checks
 //!   cached by token digest), `sync_loop` to follow other replicas.
 //! - `clients`: records and [`ClientRegistry`]; `keys`: signing keys;
-//!   `jwt`: tokens; `token`: `/oauth/token`; `metadata`: RFC 8414 / 9728
+//!   `jwt`: tokens; `token`: `/oauth/token`; `assertion`: `private_key_jwt`; `metadata`: RFC 8414 / 9728
 //!   documents; `throttle`: failed client authentication; `sync`: the change
 //!   marker; `revoke`: revocations, `/oauth/revoke`, `/oauth/introspect`.
 
+mod assertion;
 mod clients;
 mod jwt;
 mod keys;

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 
+use super::assertion::validate_jwks;
 use super::clients::{Client, ClientError, IpAllow, SecretHash};
 use super::{Authority, Tenants};
 use crate::audit::{AuditEvent, AuditKind};
@@ -44,6 +45,8 @@ pub struct NewClient {
     pub allowed_tools: Option<Vec<String>>,
     pub allowed_ips: Option<Vec<String>>,
     pub token_expiration_minutes: Option<u64>,
+    /// Public keys (a JWK set or one JWK) enabling `private_key_jwt`.
+    pub jwks: Option<serde_json::Value>,
 }
 
 /// `PUT /api/admin/oauth/clients/{id}`: every field optional.
@@ -60,6 +63,7 @@ pub struct ClientUpdate {
     pub allowed_tools: Option<Vec<String>>,
     pub allowed_ips: Option<Vec<String>>,
     pub token_expiration_minutes: Option<u64>,
+    pub jwks: Option<serde_json::Value>,
     pub active: Option<bool>,
 }
 
@@ -189,6 +193,7 @@ impl Authority {
             .token_expiration_minutes
             .map(|m| self.check_minutes(m))
             .transpose()?;
+        let jwks = spec.jwks.map(validate_jwks).transpose().map_err(invalid)?;
         let now = OffsetDateTime::now_utc();
         let (client, secret) = self
             .clients
@@ -202,6 +207,7 @@ impl Authority {
                 allowed_tools,
                 allowed_ips,
                 token_expiration_minutes,
+                jwks,
                 active: true,
                 secret_hash,
                 previous_secret_hash: None,
@@ -251,9 +257,13 @@ impl Authority {
             .token_expiration_minutes
             .map(|m| self.check_minutes(m))
             .transpose()?;
+        let new_jwks = patch.jwks.map(validate_jwks).transpose().map_err(invalid)?;
         let client = self
             .clients
             .update(client_id, |c| {
+                if new_jwks.is_some() {
+                    c.jwks = new_jwks.clone();
+                }
                 if let Some(v) = &name {
                     c.name = v.clone();
                 }

@@ -418,6 +418,10 @@ async fn metadata_documents() {
     assert_eq!(v["grant_types_supported"], json!(["client_credentials"]));
     assert_eq!(v["response_types_supported"], json!([]));
     assert!(v.get("scopes_supported").is_none());
+    let methods = v["token_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap();
+    assert!(methods.contains(&json!("private_key_jwt")));
     let (_, _, jwks) = call(&a, "GET", "/.well-known/jwks.json", &[], "", "192.0.2.1").await;
     let key = &jwks["keys"][0];
     assert_eq!(
@@ -538,6 +542,78 @@ async fn es256_tokens_validate() {
     let header: Value =
         serde_json::from_slice(&B64.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
     assert_eq!(header["alg"], "ES256");
+}
+
+#[tokio::test]
+async fn private_key_jwt_client_gets_a_token() {
+    use super::assertion::tests::{assertion, ed25519};
+    let (a, _) = authority().await;
+    let (key, jwk) = ed25519();
+    let (c, _) = a
+        .create_client(
+            spec(
+                json!({"name": "pkjwt", "tenant": "t", "scopes": ["mcp"], "jwks": {"keys": [jwk]}}),
+            ),
+            "test",
+        )
+        .await
+        .unwrap();
+    let now = jwt::unix_now();
+    let id = &*c.client_id;
+    let claims =
+        |aud: &str| json!({"iss": id, "sub": id, "aud": aud, "exp": now + 300, "jti": "j"});
+    let form = |assertion: &str| {
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={assertion}",
+            "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+        )
+    };
+    // The MCP SDK sends the issuer as pydantic renders it: with a slash.
+    let good = assertion(&key, claims(&format!("{PUBLIC}/")));
+    let (s, _, v) = call(
+        &a,
+        "POST",
+        "/oauth/token",
+        &[FORM],
+        &form(&good),
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(check(&a, v["access_token"].as_str().unwrap(), None).is_ok());
+    let wrong_aud = assertion(&key, claims("http://elsewhere"));
+    let (s, h, v) = call(
+        &a,
+        "POST",
+        "/oauth/token",
+        &[FORM],
+        &form(&wrong_aud),
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")));
+    assert!(h.get("www-authenticate").is_none());
+    // Assertion plus a secret is two methods.
+    let both = format!("{}&client_id={id}&client_secret=x", form(&good));
+    let (s, _, v) = call(&a, "POST", "/oauth/token", &[FORM], &both, "192.0.2.1").await;
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_request")));
+    // A client without registered keys cannot use an assertion.
+    let (plain, _) = client(&a).await;
+    let pid = &*plain.client_id;
+    let forged = assertion(
+        &key,
+        json!({"iss": pid, "sub": pid, "aud": PUBLIC, "exp": now + 300}),
+    );
+    let (s, _, _) = call(
+        &a,
+        "POST",
+        "/oauth/token",
+        &[FORM],
+        &form(&forged),
+        "192.0.2.1",
+    )
+    .await;
+    assert_eq!(s, 401);
 }
 
 #[path = "jwt_tests.rs"]

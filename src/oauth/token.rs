@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::assertion;
 use super::jwt::{self, AccessClaims};
 use super::{Authority, Client, MAX_OAUTH_BODY};
 use crate::audit::{AuditEvent, AuditKind};
@@ -42,6 +43,11 @@ pub(crate) enum ClientAuth {
     Post {
         id: String,
         secret: SecretString,
+    },
+    /// `private_key_jwt`; `id` is the optional `client_id` parameter.
+    Assertion {
+        id: Option<String>,
+        assertion: SecretString,
     },
 }
 
@@ -205,6 +211,9 @@ pub(crate) fn authenticate_client(
         ClientAuth::Basic { id, secret } => (id.as_str(), Some(secret), true),
         ClientAuth::Post { id, secret } => (id.as_str(), Some(secret), false),
         ClientAuth::Malformed => ("", None, true),
+        ClientAuth::Assertion { id, assertion } => {
+            return authenticate_assertion(auth, id.as_deref(), assertion, ip);
+        }
         ClientAuth::None => {
             let mut e = OAuthError::new(
                 OAuthErrorCode::InvalidClient,
@@ -218,19 +227,53 @@ pub(crate) fn authenticate_client(
         Some(s) => auth.clients.authenticate(id, s, OffsetDateTime::now_utc()),
         None => Err(false),
     };
-    let known = match result {
-        Ok(client) => return Ok(client),
-        Err(known) => known,
+    match result {
+        Ok(client) => Ok(client),
+        Err(known) => Err(failed(auth, known.then_some(id), basic, ip)),
+    }
+}
+
+/// `private_key_jwt`: the assertion's `sub` names the client, whose
+/// registered keys must verify it.
+fn authenticate_assertion(
+    auth: &Authority,
+    client_id: Option<&str>,
+    assertion: &SecretString,
+    ip: IpAddr,
+) -> Result<Arc<Client>, Denied> {
+    let token = assertion.expose_secret();
+    let claimed = assertion::claimed_client_id(token);
+    let id = match (client_id, claimed.as_deref()) {
+        (Some(given), Some(claimed)) if given != claimed => None,
+        (_, claimed) => claimed,
     };
-    let client_id = known.then(|| Arc::<str>::from(id));
+    let Some(client) = id.and_then(|id| auth.clients.get(id)) else {
+        return Err(failed(auth, None, false, ip));
+    };
+    let iss = &*auth.issuer;
+    let (slash, endpoint) = (format!("{iss}/"), format!("{iss}/oauth/token"));
+    let audiences = [iss, slash.as_str(), endpoint.as_str()];
+    let verified = client.jwks.as_ref().is_some_and(|jwks| {
+        assertion::verify(token, &client.client_id, jwks, &audiences, jwt::unix_now())
+    });
+    if verified {
+        Ok(client)
+    } else {
+        Err(failed(auth, Some(&client.client_id), false, ip))
+    }
+}
+
+/// Counts a failed client authentication: 429 once throttled, else 401.
+fn failed(auth: &Authority, known_id: Option<&str>, basic: bool, ip: IpAddr) -> Denied {
+    let client_id = known_id.map(Arc::<str>::from);
     if let Some(wait) = auth
         .throttle
         .record_failure(ip, client_id.as_deref(), Instant::now())
     {
-        return Err(Denied {
+        return Denied {
             error: slow_down(auth, wait),
             client_id,
-        });
+        };
     }
     auth.metrics
         .auth_failures_total
@@ -241,10 +284,10 @@ pub(crate) fn authenticate_client(
         "client authentication failed",
     );
     e.basic_challenge = basic;
-    Err(Denied {
+    Denied {
         error: e,
         client_id,
-    })
+    }
 }
 
 /// The requested scopes, all of which the client must hold; none requested
@@ -362,19 +405,27 @@ pub(crate) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OA
         .map(|v| parse_basic(v.as_bytes()));
     let body_id = params.remove("client_id");
     let body_secret = params.remove("client_secret").map(SecretString::from);
-    if params.contains_key("client_assertion") {
-        return Err(OAuthError::new(
-            OAuthErrorCode::InvalidClient,
-            "private_key_jwt is not supported for this client",
+    let assertion = params.remove("client_assertion").map(SecretString::from);
+    let assertion_type = params.remove("client_assertion_type");
+    if assertion.is_some() != assertion_type.is_some()
+        || assertion_type.is_some_and(|t| t != assertion::ASSERTION_TYPE)
+    {
+        return Err(invalid_request(
+            "client_assertion needs client_assertion_type jwt-bearer",
         ));
     }
-    let auth = match (basic, body_secret) {
-        (Some(_), Some(_)) => {
-            return Err(invalid_request(
-                "use exactly one client authentication method",
-            ));
-        }
-        (Some(Some((id, secret))), None) => {
+    let methods = [basic.is_some(), body_secret.is_some(), assertion.is_some()];
+    if methods.iter().filter(|m| **m).count() > 1 {
+        return Err(invalid_request(
+            "use exactly one client authentication method",
+        ));
+    }
+    let auth = match (basic, body_secret, assertion) {
+        (_, _, Some(assertion)) => ClientAuth::Assertion {
+            id: body_id,
+            assertion,
+        },
+        (Some(Some((id, secret))), _, None) => {
             if body_id.as_ref().is_some_and(|b| *b != id) {
                 return Err(invalid_request(
                     "client_id differs from the Basic credentials",
@@ -382,12 +433,12 @@ pub(crate) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OA
             }
             ClientAuth::Basic { id, secret }
         }
-        (Some(None), None) => ClientAuth::Malformed,
-        (None, Some(secret)) => {
+        (Some(None), _, None) => ClientAuth::Malformed,
+        (None, Some(secret), None) => {
             let id = body_id.ok_or_else(|| invalid_request("client_secret without client_id"))?;
             ClientAuth::Post { id, secret }
         }
-        (None, None) => ClientAuth::None,
+        (None, None, None) => ClientAuth::None,
     };
     Ok(TokenRequest {
         grant_type: params.remove("grant_type"),
