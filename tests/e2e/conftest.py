@@ -67,13 +67,8 @@ def standard_routes(echo: EchoUpstream, mcp_upstream: McpUpstream) -> list[dict[
     ]
 
 
-
-
-
 @pytest.fixture(scope="session")
-def gate(
-    tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream, mcp_upstream: McpUpstream
-) -> Iterator[Credgate]:
+def gate(tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream, mcp_upstream: McpUpstream) -> Iterator[Credgate]:
     g = Credgate(tmp_path_factory.mktemp("gate"), standard_routes(echo, mcp_upstream))
     g.start()
     yield g
@@ -81,14 +76,13 @@ def gate(
 
 
 @pytest.fixture
-def make_gate(
-    tmp_path: Path, echo: EchoUpstream, mcp_upstream: McpUpstream
-) -> Iterator[Callable[..., Credgate]]:
+def make_gate(tmp_path: Path, echo: EchoUpstream, mcp_upstream: McpUpstream) -> Iterator[Callable[..., Credgate]]:
     made: list[Credgate] = []
 
     def make(routes: list[dict[str, Any]] | None = None, start: bool = True, **sections: dict) -> Credgate:
         g = Credgate(
-            tmp_path / f"gate{len(made)}", routes if routes is not None else standard_routes(echo, mcp_upstream),
+            tmp_path / f"gate{len(made)}",
+            routes if routes is not None else standard_routes(echo, mcp_upstream),
             sections,
         )
         made.append(g)

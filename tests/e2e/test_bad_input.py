@@ -169,7 +169,9 @@ def test_repeated_failures_are_rate_limited(bad_gate: Credgate) -> None:
 # ----- admin API -------------------------------------------------------------------------
 
 
-def _raw(gate: Credgate, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+def _raw(
+    gate: Credgate, method: str, path: str, body: dict | None = None, token: str | None = None
+) -> tuple[int, dict]:
     """Send `path` byte for byte (httpx would normalise `%2e%2e` and friends)."""
     conn = httpclient.HTTPConnection("127.0.0.1", gate.proxy_port, timeout=10)
     try:
@@ -311,10 +313,16 @@ def test_alg_none_and_hs256_confusion(bad_gate: Credgate, tenant_client: Client)
         jwks = c.get(f"{bad_gate.url}/.well-known/jwks.json").json()
     key = next(k for k in jwks["keys"] if k.get("kid") == kid)
     # classic algorithm confusion: HMAC keyed with the public key material
-    signing_input = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode()) + "." + _b64(
-        json.dumps(claims).encode()
+    signing_input = (
+        _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode())
+        + "."
+        + _b64(json.dumps(claims).encode())
     )
-    for secret in (key.get("x", "").encode(), base64.urlsafe_b64decode(key.get("x", "") + "=="), json.dumps(key).encode()):
+    for secret in (
+        key.get("x", "").encode(),
+        base64.urlsafe_b64decode(key.get("x", "") + "=="),
+        json.dumps(key).encode(),
+    ):
         sig = _b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
         _assert_invalid_token(bad_gate, bad_gate.proxy("GET", "/echo/x", f"{signing_input}.{sig}"))
 
@@ -350,9 +358,7 @@ def test_token_in_query_string_refused(bad_gate: Credgate, tenant_client: Client
 
 
 def test_non_bearer_scheme_refused(bad_gate: Credgate, tenant_client: Client) -> None:
-    r = bad_gate.proxy(
-        "GET", "/echo/x", headers={"Authorization": f"Basic {base64.b64encode(b'a:b').decode()}"}
-    )
+    r = bad_gate.proxy("GET", "/echo/x", headers={"Authorization": f"Basic {base64.b64encode(b'a:b').decode()}"})
     assert r.status_code == 401, describe(r)
 
 
@@ -374,3 +380,43 @@ def test_dead_upstream_is_502(bad_gate: Credgate, tenant_client: Client) -> None
     r = bad_gate.proxy("GET", "/dead/x", tok)
     assert r.status_code == 502, describe(r)
     assert spec_error(r)["code"] == "UPSTREAM_UNAVAILABLE"
+
+
+def test_early_401_does_not_strand_keep_alive_clients(bad_gate: Credgate) -> None:
+    """credgate may answer 401 before the request body arrived; then it must either still
+    read the body and keep the connection usable, or say `Connection: close`. Closing silently
+    makes keep-alive clients (the mcp SDK's httpx2) fail their next request on that connection."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", bad_gate.proxy_port), timeout=5)
+    try:
+        s.sendall(
+            b"POST /echo/mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(65536)
+            assert chunk, "connection closed without a response"
+            head += chunk
+        status_line, *header_lines = head.split(b"\r\n\r\n")[0].decode().split("\r\n")
+        assert " 401 " in status_line + " ", status_line
+        headers = {k.strip().lower(): v.strip().lower() for k, v in (h.split(":", 1) for h in header_lines)}
+        if headers.get("connection") == "close":
+            return  # announced: a client opens a new connection
+        s.sendall(b"x" * 200)
+        s.sendall(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n")
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        data = b""
+        while b"HTTP/1.1 200" not in data:
+            chunk = s.recv(65536)
+            assert chunk, (
+                "credgate closed a keep-alive connection after an early 401 without `Connection: close`; "
+                f"the next request on it got no response (already read: {rest[:80]!r})"
+            )
+            data += chunk
+    except (BrokenPipeError, ConnectionResetError) as e:
+        raise AssertionError(
+            f"credgate closed a keep-alive connection after an early 401 without `Connection: close`: {e!r}"
+        ) from e
+    finally:
+        s.close()

@@ -111,7 +111,9 @@ def test_api_key_header_injection(gate: Credgate) -> None:
 
 
 def test_prefix_kept_without_strip(gate: Credgate) -> None:
-    _, token = _setup(gate, "raw-echo", {"access_token": f"c-{unique('x')}", "token_type": "Bearer", "expires_in": 3600})
+    _, token = _setup(
+        gate, "raw-echo", {"access_token": f"c-{unique('x')}", "token_type": "Bearer", "expires_in": 3600}
+    )
     r = gate.proxy("GET", "/raw/a/b?q=1", token)
     assert r.status_code == 200, describe(r)
     assert r.json()["path"] == "/raw/a/b"

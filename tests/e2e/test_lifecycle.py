@@ -59,7 +59,9 @@ def test_revocation(gate: Credgate) -> None:
     with http() as c:
         r = c.post(f"{gate.url}/oauth/revoke", data={"token": token}, auth=(client.client_id, client.client_secret))
         assert r.status_code == 200, describe(r)
-        r2 = c.post(f"{gate.url}/oauth/revoke", data={"token": "garbage"}, auth=(client.client_id, client.client_secret))
+        r2 = c.post(
+            f"{gate.url}/oauth/revoke", data={"token": "garbage"}, auth=(client.client_id, client.client_secret)
+        )
         assert r2.status_code == 200, describe(r2)
     r = gate.proxy("GET", "/echo/r", token)
     assert r.status_code == 401, f"revoked token still accepted: {describe(r)}"
@@ -172,5 +174,3 @@ def test_credential_delete(gate: Credgate) -> None:
     r = gate.proxy("GET", "/echo/d", token)
     assert r.status_code == 403, describe(r)
     assert spec_error(r)["code"] == "INTEGRATION_NOT_CONNECTED"
-
-

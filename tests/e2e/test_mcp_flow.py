@@ -25,9 +25,7 @@ def test_mcp_client_reaches_tool_with_tenant_credential(
     client = gate.create_client(tenant=tenant)
 
     res = anyio.run(
-        lambda: mcp_session(
-            f"{gate.url}/github/mcp", client, issuer=gate.url, mode=mode, auth_method=auth_method
-        )
+        lambda: mcp_session(f"{gate.url}/github/mcp", client, issuer=gate.url, mode=mode, auth_method=auth_method)
     )
 
     assert res.whoami is not None
@@ -93,7 +91,5 @@ def test_mcp_session_delete_passes_through(gate: Credgate, take_mcp_token: Calla
     r = gate.proxy("DELETE", "/github/mcp", token, headers=hdrs)
     assert r.status_code in (200, 204), describe(r)
     # the upstream really ended the session: the id is now unknown to it
-    r = gate.proxy(
-        "POST", "/github/mcp", token, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=hdrs
-    )
+    r = gate.proxy("POST", "/github/mcp", token, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=hdrs)
     assert r.status_code == 404, describe(r)

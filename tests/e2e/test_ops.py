@@ -25,14 +25,16 @@ def test_health_ready_metrics(gate: Credgate) -> None:
     assert r.status_code == 200, describe(r)
     assert isinstance(r.json(), dict) and r.json(), f"/readyz should name its components: {r.text!r}"
     assert m.status_code == 200, describe(m)
-    for name in ("credgate_http_requests_total", "credgate_tokens_issued_total", "credgate_http_request_duration_seconds"):
+    for name in (
+        "credgate_http_requests_total",
+        "credgate_tokens_issued_total",
+        "credgate_http_request_duration_seconds",
+    ):
         assert name in m.text, f"{name} missing from /metrics"
     assert on_proxy.status_code != 200 or "credgate_" not in on_proxy.text, "metrics exposed on the proxy listener"
 
 
-def test_sigterm_drains_inflight_stream_then_exits_0(
-    make_gate: Callable[..., Credgate], echo: EchoUpstream
-) -> None:
+def test_sigterm_drains_inflight_stream_then_exits_0(make_gate: Callable[..., Credgate], echo: EchoUpstream) -> None:
     gate = make_gate()
     t = unique("drain")
     gate.put_bearer(t, "echo", f"c-{unique('x')}")
@@ -90,5 +92,3 @@ def test_rate_limit_per_tenant(make_gate: Callable[..., Credgate], echo: EchoUps
     gate.put_bearer(other, "echo", f"c-{unique('x')}")
     tok2 = gate.token(gate.create_client(tenant=other, integrations=ECHO_INTEGRATIONS))
     assert gate.proxy("GET", "/echo/rl", tok2).status_code == 200
-
-

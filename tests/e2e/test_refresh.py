@@ -31,7 +31,13 @@ def rgate(tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream, provider
     g = Credgate(
         tmp_path_factory.mktemp("refresh"),
         [route("gh", "/guarded", echo.url, strip_prefix=False)],
-        {"integrations.gh": {"token_url": provider.token_url, "client_id": APP_ID, "auth_method": "client_secret_post"}},
+        {
+            "integrations.gh": {
+                "token_url": provider.token_url,
+                "client_id": APP_ID,
+                "auth_method": "client_secret_post",
+            }
+        },
         {"GH_CLIENT_SECRET": provider.client.client_secret},
     )
     g.start()
@@ -75,7 +81,9 @@ def test_upstream_401_refreshes_once_and_retries(rgate: Credgate, echo: EchoUpst
     a1, r1 = provider.seed(valid=False)  # the provider revoked it; credgate does not know yet
     _, token = _tenant(rgate, a1, r1)
     marker = unique("r401")
-    r = rgate.proxy("POST", f"/guarded/{marker}", token, content=b'{"k": 1}', headers={"Content-Type": "application/json"})
+    r = rgate.proxy(
+        "POST", f"/guarded/{marker}", token, content=b'{"k": 1}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 200, describe(r)
     calls = provider.refreshes_of(r1)
     assert len(calls) == 1, f"expected one refresh, provider saw {len(calls)}"
@@ -117,7 +125,9 @@ def test_expired_credential_is_refreshed_not_injected(
     assert len(provider.refreshes_of(r1)) == 1
 
 
-def test_expired_without_refresh_token_fails_closed(rgate: Credgate, echo: EchoUpstream, provider: OAuthProvider) -> None:
+def test_expired_without_refresh_token_fails_closed(
+    rgate: Credgate, echo: EchoUpstream, provider: OAuthProvider
+) -> None:
     a1, _ = provider.seed(valid=True)
     _, token = _tenant(rgate, a1, None, expires_in=1)
     _let_expire()

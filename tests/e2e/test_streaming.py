@@ -75,9 +75,7 @@ def test_caller_disconnect_closes_upstream_stream(gate: Credgate, echo: EchoUpst
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
-def test_mcp_progress_notifications_stream(
-    gate: Credgate, take_mcp_token: Callable[[], str], mode: str
-) -> None:
+def test_mcp_progress_notifications_stream(gate: Credgate, take_mcp_token: Callable[[], str], mode: str) -> None:
     tenant = unique("prog")
     gate.put_bearer(tenant, "github", take_mcp_token())
     client = gate.create_client(tenant=tenant)

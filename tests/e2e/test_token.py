@@ -72,7 +72,11 @@ def test_json_body_token_request(gate: Credgate) -> None:
     with http() as c:
         r = c.post(
             f"{gate.url}/oauth/token",
-            json={"grant_type": "client_credentials", "client_id": client.client_id, "client_secret": client.client_secret},
+            json={
+                "grant_type": "client_credentials",
+                "client_id": client.client_id,
+                "client_secret": client.client_secret,
+            },
         )
     assert r.status_code == 200, describe(r)
     assert r.json()["token_type"] == "Bearer"
@@ -82,9 +86,10 @@ def test_two_tokens_differ(gate: Credgate) -> None:
     client = gate.create_client(tenant=unique("jti"))
     t1, t2 = gate.token(client), gate.token(client)
     assert t1 != t2
-    assert jwt.decode(t1, options={"verify_signature": False})["jti"] != jwt.decode(
-        t2, options={"verify_signature": False}
-    )["jti"]
+    assert (
+        jwt.decode(t1, options={"verify_signature": False})["jti"]
+        != jwt.decode(t2, options={"verify_signature": False})["jti"]
+    )
 
 
 def test_authorization_server_metadata(gate: Credgate) -> None:
