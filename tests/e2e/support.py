@@ -140,7 +140,10 @@ class Credgate:
         routes: list[dict[str, Any]],
         extra_sections: dict[str, dict] | None = None,
         extra_env: dict[str, str] | None = None,
+        replica_of: Credgate | None = None,
     ):
+        """`replica_of`: share that instance's store file, master key, admin token and
+        public URL (issuer), as replicas behind one load balancer do."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.routes = routes
@@ -149,6 +152,12 @@ class Credgate:
         self.admin_token = secrets.token_urlsafe(32)
         self.master_key = base64.b64encode(secrets.token_bytes(32)).decode()
         self.store_path = workdir / "credgate.store"
+        self.public_url: str | None = None
+        if replica_of is not None:
+            self.admin_token = replica_of.admin_token
+            self.master_key = replica_of.master_key
+            self.store_path = replica_of.store_path
+            self.public_url = replica_of.public_url or replica_of.url
         self.audit_path = workdir / "audit.log"
         self.config_path = workdir / "credgate.toml"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -168,7 +177,7 @@ class Credgate:
 
     def config_text(self) -> str:
         sections: dict[str, dict[str, Any]] = {
-            "proxy": {"listen": f"127.0.0.1:{self.proxy_port}", "public_url": self.url},
+            "proxy": {"listen": f"127.0.0.1:{self.proxy_port}", "public_url": self.public_url or self.url},
             "ops": {"listen": f"127.0.0.1:{self.ops_port}"},
             "store": {"backend": "embedded", "path": str(self.store_path)},
             "audit": {"path": str(self.audit_path)},
