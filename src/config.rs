@@ -492,9 +492,6 @@ impl Config {
         {
             return invalid("oauth.default_token_minutes must be 1..=max_token_minutes".into());
         }
-        if self.proxy.max_replay_body_bytes > self.proxy.max_body_bytes {
-            return invalid("proxy.max_replay_body_bytes exceeds proxy.max_body_bytes".into());
-        }
         if self.store.sync_interval_seconds == 0 {
             return invalid("store.sync_interval_seconds must be at least 1".into());
         }

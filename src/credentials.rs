@@ -23,6 +23,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::refresh::{RefreshError, Refresher, Trigger};
 use crate::store::{Cas, Store, StoreError};
 
 /// A credential this close to expiry is treated as expired: it could lapse
@@ -254,6 +255,7 @@ type Key = (Arc<str>, Arc<str>);
 /// The credential cache in front of the store.
 pub struct Credentials {
     store: Arc<dyn Store>,
+    refresher: Arc<Refresher>,
     cache: moka::future::Cache<Key, Arc<Cached>>,
     max_age: Duration,
     hit: IntCounter,
@@ -262,10 +264,16 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(store: Arc<dyn Store>, sync_interval: Duration, metrics: &Metrics) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        refresher: Arc<Refresher>,
+        sync_interval: Duration,
+        metrics: &Metrics,
+    ) -> Self {
         let c = &metrics.credential_cache_requests_total;
         Credentials {
             store,
+            refresher,
             // Idle entries go after an hour so memory follows active tenants.
             cache: moka::future::Cache::builder()
                 .time_to_idle(Duration::from_secs(3600))
@@ -281,6 +289,10 @@ impl Credentials {
         &self.store
     }
 
+    pub fn refresher(&self) -> &Arc<Refresher> {
+        &self.refresher
+    }
+
     /// The injectable credential for a tenant and integration.
     pub async fn get(
         &self,
@@ -289,17 +301,15 @@ impl Credentials {
     ) -> Result<Arc<Cached>, ProxyError> {
         let key = (tenant.clone(), integration.clone());
         let now = OffsetDateTime::now_utc();
-        if let Some(c) = self.cache.get(&key).await {
-            if c.loaded_at.elapsed() < self.max_age && c.usable(now) {
+        match self.cache.get(&key).await {
+            Some(c) if c.loaded_at.elapsed() < self.max_age && c.usable(now) => {
                 self.hit.inc();
                 return Ok(c);
             }
-            self.stale.inc();
-        } else {
-            self.miss.inc();
+            Some(_) => self.stale.inc(),
+            None => self.miss.inc(),
         }
         let max_age = self.max_age;
-        let store = self.store.clone();
         let result = self
             .cache
             .entry(key)
@@ -312,43 +322,118 @@ impl Credentials {
                 {
                     return Ok(Op::Nop);
                 }
-                match load(store.as_ref(), tenant, integration).await {
-                    Ok(Some(s)) => Ok(Op::Put(Arc::new(Cached::new(&s)?))),
+                match self.load_usable(tenant, integration, now).await {
+                    Ok(Some(s)) => Ok(Op::Put(Arc::new(Cached::new(&s).map_err(|e| store_error(&e))?))),
                     Ok(None) => Ok(Op::Remove),
-                    Err(e) => match existing {
+                    Err(Failure::Store(e)) => match existing {
                         Some(c) if c.usable(now) => {
                             tracing::warn!(error = %e, "store reload failed; serving cached credential");
                             Ok(Op::Nop)
                         }
-                        _ => Err(e),
+                        _ => Err(store_error(&e)),
                     },
+                    Err(Failure::Refresh(e)) => Err(e.into()),
                 }
             })
             .await;
-        let cached = match result {
-            Ok(
-                CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e),
-            ) => e.into_value(),
-            Ok(CompResult::Removed(_) | CompResult::StillNone(_)) => {
+        let cached = match result? {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                e.into_value()
+            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => {
                 return Err(ProxyError::IntegrationNotConnected { connect_url: None });
             }
-            Err(e) => return Err(store_error(&e)),
         };
         if cached.status == Status::ReauthorizationRequired {
             return Err(ProxyError::ReauthorizationRequired);
         }
         if !usable_at(cached.expires_at, now) {
-            // Refresh lands with the refresh issue; until then an expired
-            // credential fails closed.
-            return Err(if cached.has_refresh_token {
-                ProxyError::CredentialRefreshFailed {
-                    retry_after_secs: 30,
-                }
-            } else {
-                ProxyError::ReauthorizationRequired
-            });
+            return Err(ProxyError::ReauthorizationRequired);
         }
         Ok(cached)
+    }
+
+    /// Reads the credential; an expired one is refreshed before it is
+    /// returned, so an expired credential never reaches the cache.
+    async fn load_usable(
+        &self,
+        tenant: &str,
+        integration: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Stored>, Failure> {
+        let Some(s) = load(self.store.as_ref(), tenant, integration)
+            .await
+            .map_err(Failure::Store)?
+        else {
+            return Ok(None);
+        };
+        let c = &s.credential;
+        if c.status == Status::ReauthorizationRequired {
+            return Err(Failure::Refresh(RefreshError::Reauthorization));
+        }
+        if usable_at(c.expires_at, now) {
+            return Ok(Some(s));
+        }
+        if c.refresh_token.is_none() {
+            return Err(Failure::Refresh(RefreshError::Reauthorization));
+        }
+        self.refresher
+            .refresh(tenant, integration, Some(s.version), Trigger::Expired)
+            .await
+            .map(Some)
+            .map_err(Failure::Refresh)
+    }
+
+    /// After the upstream refused credential version `used`: refresh once
+    /// (coalesced with every other caller that saw the same version) and
+    /// return the newer credential.
+    pub async fn refresh_after_unauthorized(
+        &self,
+        tenant: &Arc<str>,
+        integration: &Arc<str>,
+        used: u64,
+    ) -> Result<Arc<Cached>, ProxyError> {
+        self.refresh(tenant, integration, Some(used), Trigger::Unauthorized)
+            .await
+    }
+
+    /// Refreshes now (admin request); `seen` None always calls the provider.
+    pub async fn refresh(
+        &self,
+        tenant: &Arc<str>,
+        integration: &Arc<str>,
+        seen: Option<u64>,
+        trigger: Trigger,
+    ) -> Result<Arc<Cached>, ProxyError> {
+        let now = OffsetDateTime::now_utc();
+        let refresher = &self.refresher;
+        let result = self
+            .cache
+            .entry((tenant.clone(), integration.clone()))
+            .and_try_compute_with(|existing| async move {
+                if let (Some(e), Some(seen)) = (&existing, seen) {
+                    let c = e.value();
+                    if c.version > seen && c.usable(now) {
+                        return Ok(Op::Nop);
+                    }
+                }
+                let s = refresher
+                    .refresh(tenant, integration, seen, trigger)
+                    .await
+                    .map_err(ProxyError::from)?;
+                Ok::<_, ProxyError>(Op::Put(Arc::new(
+                    Cached::new(&s).map_err(|e| store_error(&e))?,
+                )))
+            })
+            .await?;
+        match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Ok(e.into_value())
+            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => {
+                Err(ProxyError::IntegrationNotConnected { connect_url: None })
+            }
+        }
     }
 
     /// Drops a cached credential after it was written or deleted here.
@@ -356,6 +441,11 @@ impl Credentials {
         let key: Key = (tenant.into(), integration.into());
         self.cache.invalidate(&key).await;
     }
+}
+
+enum Failure {
+    Store(StoreError),
+    Refresh(RefreshError),
 }
 
 /// Maps a store failure on the credential path to what the caller sees.

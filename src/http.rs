@@ -73,3 +73,27 @@ pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is ascii")
         })
 }
+
+/// Reads and discards what is left of a request body, briefly, so the
+/// connection stays usable for the caller's next request. Returns false when
+/// the body did not end in time or was too large: the answer must then say
+/// `Connection: close`, because hyper closes a connection whose request body
+/// was not read, and a pooling client would see its next request fail.
+pub async fn drain<B>(body: B) -> bool
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    const MAX_DRAIN: usize = 64 * 1024;
+    if body.is_end_stream() {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            Limited::new(body, MAX_DRAIN).collect(),
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}

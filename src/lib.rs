@@ -16,6 +16,7 @@
 //! - [`proxy`]: the proxied request path, top to bottom.
 //! - [`routes`]: the route table.
 //! - [`ratelimit`]: per-tenant and per-client token buckets.
+//! - [`refresh`]: upstream credential refresh: provider calls, single-flight, leases.
 //! - [`upstream`]: the upstream client and header hygiene.
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
@@ -35,6 +36,7 @@ pub mod oauth;
 pub mod ops;
 pub mod proxy;
 pub mod ratelimit;
+pub mod refresh;
 pub mod routes;
 pub mod server;
 pub mod state;

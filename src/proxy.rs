@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{Inject, InjectMode};
+use crate::credentials::Cached;
 use crate::error::ProxyError;
-use crate::http::Body;
+use crate::http::{Body, drain, full, read_body};
 use crate::ids;
 use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
@@ -53,9 +54,22 @@ pub async fn handle(
             error_response(ProxyError::NotFound, request_id),
         );
     };
-    let resp = match forward(state, route, req, peer, proto, request_id).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let resp = match forward(state, route, parts, &mut body, peer, proto, request_id).await {
         Ok(resp) => resp,
-        Err(e) => error_response(e, request_id),
+        Err(e) => {
+            let drained = match body {
+                Some(body) => drain(body).await,
+                None => true,
+            };
+            let mut resp = error_response(e, request_id);
+            if !drained {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
     };
     state.finish(&route.integration, started, resp)
 }
@@ -64,21 +78,24 @@ fn error_response(e: ProxyError, request_id: &HeaderValue) -> Response<Body> {
     e.into_response(request_id.to_str().unwrap_or(""))
 }
 
+/// `body` is taken once the request is cleared to go upstream; until then an
+/// error leaves it for the caller to drain.
 async fn forward(
     state: &AppState,
     route: &Route,
-    req: Request<Incoming>,
+    parts: http::request::Parts,
+    body: &mut Option<Incoming>,
     peer: SocketAddr,
     proto: &'static str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
     let principal = state.authority.authenticate(
-        req.headers(),
-        req.uri().query(),
+        &parts.headers,
+        parts.uri.query(),
         Some(&route.resource),
         &route.resource_metadata,
     )?;
-    let tenant = resolve_tenant(&principal, req.headers())?;
+    let tenant = resolve_tenant(&principal, &parts.headers)?;
     authorize(&principal, route)?;
     state
         .rate_limits
@@ -86,18 +103,11 @@ async fn forward(
         .inspect_err(|_| state.metrics.rate_limited_total.inc())?;
 
     let limit = state.config.proxy.max_body_bytes;
-    if declared_length(req.headers()).is_some_and(|n| n > limit) {
+    if declared_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
 
     let credential = state.credentials.get(&tenant, &route.integration).await?;
-    let injected = match &route.inject {
-        Inject::Mode(InjectMode::Bearer) => (&header::AUTHORIZATION, credential.bearer.clone()),
-        Inject::Mode(InjectMode::Basic) => (&header::AUTHORIZATION, credential.basic.clone()),
-        Inject::Header { .. } => (state.inject_header(route.index), credential.raw.clone()),
-    };
-
-    let (parts, body) = req.into_parts();
     let parts = upstream::upstream_parts(
         parts,
         &Forward {
@@ -105,21 +115,85 @@ async fn forward(
             peer,
             proto,
             request_id,
-            credential: injected,
+            credential: inject(state, route, &credential),
         },
     )?;
-    let body = Limited::new(body, limit as usize)
-        .map_err(move |e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Box::new(BodyTooLarge(limit)) as crate::http::BoxError
-            } else {
-                e
-            }
-        })
-        .boxed_unsync();
 
+    let body = body.take().ok_or(ProxyError::Internal)?;
+    // A small body is kept so the request can be replayed once after an
+    // upstream 401 and a refresh; anything larger streams straight through.
+    let replay_limit = state.config.proxy.max_replay_body_bytes.min(limit);
+    let (kept, stream) = match http_body::Body::size_hint(&body).exact() {
+        Some(n) if n <= replay_limit => (Some(read_body(body, replay_limit as usize).await?), None),
+        _ => (None, Some(body)),
+    };
+    let retry_head = kept.as_ref().map(|_| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+    let first_body = match (&kept, stream) {
+        (Some(b), _) => full(b.clone()),
+        (None, None) => crate::http::empty(),
+        (None, Some(body)) => Limited::new(body, limit as usize)
+            .map_err(move |e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    Box::new(BodyTooLarge(limit)) as crate::http::BoxError
+                } else {
+                    e
+                }
+            })
+            .boxed_unsync(),
+    };
+    let resp = send(state, route, Request::from_parts(parts, first_body)).await?;
+    if resp.status() != StatusCode::UNAUTHORIZED {
+        return Ok(resp);
+    }
+
+    // Upstream 401: the credential was revoked or rotated behind our back.
+    let Some((method, uri, mut headers)) = retry_head else {
+        // Not replayable; refresh anyway so the caller's own retry succeeds.
+        if let Err(e) = state
+            .credentials
+            .refresh_after_unauthorized(&tenant, &route.integration, credential.version)
+            .await
+        {
+            tracing::debug!(error = %e, "refresh after upstream 401 failed");
+        }
+        return Ok(resp);
+    };
+    drop(resp);
+    let fresh = state
+        .credentials
+        .refresh_after_unauthorized(&tenant, &route.integration, credential.version)
+        .await?;
+    let (name, value) = inject(state, route, &fresh);
+    headers.insert(name.clone(), value);
+    let mut retry = Request::new(full(kept.unwrap_or_default()));
+    *retry.method_mut() = method;
+    *retry.uri_mut() = uri;
+    *retry.headers_mut() = headers;
+    send(state, route, retry).await
+}
+
+/// The header and value that carry the route's credential.
+fn inject<'a>(state: &'a AppState, route: &Route, c: &Cached) -> (&'a HeaderName, HeaderValue) {
+    match &route.inject {
+        Inject::Mode(InjectMode::Bearer) => (&header::AUTHORIZATION, c.bearer.clone()),
+        Inject::Mode(InjectMode::Basic) => (&header::AUTHORIZATION, c.basic.clone()),
+        Inject::Header { .. } => (state.inject_header(route.index), c.raw.clone()),
+    }
+}
+
+async fn send(
+    state: &AppState,
+    route: &Route,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
-    let resp = state.upstream.send(Request::from_parts(parts, body)).await;
+    let resp = state.upstream.send(req).await;
     state
         .metrics
         .upstream_request_duration_seconds

@@ -16,6 +16,7 @@ use crate::http::Body;
 use crate::metrics::Metrics;
 use crate::oauth::Authority;
 use crate::ratelimit::RateLimits;
+use crate::refresh::Refresher;
 use crate::routes::Routes;
 use crate::store::{self, Store, StoreError};
 use crate::upstream;
@@ -40,6 +41,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("audit log: {0}")]
     Audit(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl AppState {
@@ -63,8 +66,11 @@ impl AppState {
         let authority =
             Arc::new(Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?);
         let routes = Routes::from_config(&config);
+        let refresher = Refresher::new(&config, store.clone(), metrics.clone(), audit.clone())
+            .map_err(StartError::Config)?;
         let credentials = Credentials::new(
             store.clone(),
+            Arc::new(refresher),
             Duration::from_secs(config.store.sync_interval_seconds),
             &metrics,
         );

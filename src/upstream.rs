@@ -29,7 +29,10 @@ const STRIP_REQUEST: &[HeaderName] = &[
     header::HOST,
 ];
 
+/// Response headers that stop here. `WWW-Authenticate` describes the
+/// upstream's own auth, which the caller neither holds nor may learn.
 const STRIP_RESPONSE: &[HeaderName] = &[
+    header::WWW_AUTHENTICATE,
     header::CONNECTION,
     header::TRAILER,
     header::TRANSFER_ENCODING,

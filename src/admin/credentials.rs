@@ -13,6 +13,7 @@ use crate::credentials::{self, API_KEY_TYPE, Credential, Status, store_error};
 use crate::error::ProxyError;
 use crate::http::{Body, json_response};
 use crate::ids;
+use crate::refresh::Trigger;
 use crate::state::AppState;
 use crate::store::{Cas, StoreError};
 
@@ -52,7 +53,8 @@ pub async fn handle(
         (&Method::PUT, None) => put(state, tenant, integration, &body, actor).await,
         (&Method::GET, None) => get(state, tenant, integration).await,
         (&Method::DELETE, None) => delete(state, tenant, integration, actor).await,
-        (_, None) => Err(ProxyError::MethodNotAllowed),
+        (&Method::POST, Some("refresh")) => refresh(state, tenant, integration).await,
+        (_, None | Some("refresh")) => Err(ProxyError::MethodNotAllowed),
         (_, Some(_)) => Err(ProxyError::NotFound),
     }
 }
@@ -162,10 +164,19 @@ async fn get(
         .map_err(|e| store_error(&e))?
         .ok_or(ProxyError::NotFound)?;
     let meta = credentials::metadata_json(tenant, integration, &stored, OffsetDateTime::now_utc());
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "success": true, "credential": meta }),
-    ))
+    Ok(json_response(StatusCode::OK, &meta))
+}
+
+async fn refresh(
+    state: &AppState,
+    tenant: &str,
+    integration: &str,
+) -> Result<Response<Body>, ProxyError> {
+    state
+        .credentials
+        .refresh(&tenant.into(), &integration.into(), None, Trigger::Admin)
+        .await?;
+    get(state, tenant, integration).await
 }
 
 async fn delete(

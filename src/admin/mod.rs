@@ -43,8 +43,10 @@ async fn dispatch(
     peer: SocketAddr,
     rid: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let actor = authenticate(state, &req, peer, rid)?;
+    // The body is read first so an early refusal leaves the connection usable.
     let (parts, body) = req.into_parts();
+    let body = read_body(body, MAX_ADMIN_BODY).await?;
+    let actor = authenticate(state, &parts, peer, rid)?;
     let path = parts.uri.path();
     // Identifiers never contain `%`; refusing it outright closes `%2e%2e`,
     // `%2F` and `%00` tricks before any segment is looked at.
@@ -58,7 +60,6 @@ async fn dispatch(
         .unwrap_or("")
         .trim_end_matches('/');
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
-    let body = read_body(body, MAX_ADMIN_BODY).await?;
     match segments.as_slice() {
         ["oauth", "clients", rest @ ..] => {
             clients::handle(&state.authority, &parts.method, rest, body, &actor).await
@@ -74,7 +75,7 @@ async fn dispatch(
 /// Returns the actor's name for the audit log.
 fn authenticate(
     state: &AppState,
-    req: &Request<Incoming>,
+    req: &http::request::Parts,
     peer: SocketAddr,
     rid: &str,
 ) -> Result<String, ProxyError> {
@@ -84,7 +85,7 @@ fn authenticate(
     )
     .into();
     let bearer = req
-        .headers()
+        .headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
@@ -111,7 +112,7 @@ fn authenticate(
     }
     let principal = state
         .authority
-        .authenticate(req.headers(), req.uri().query(), None, &metadata)
+        .authenticate(&req.headers, req.uri.query(), None, &metadata)
         .inspect_err(|_| fail("invalid_token"))?;
     if !principal.has_scope(ADMIN_SCOPE) {
         fail("insufficient_scope");

@@ -1,0 +1,454 @@
+//! Refreshing upstream credentials (SPEC §8): the provider call, at most one
+//! refresh per credential at a time in this process (a per-key lock) and
+//! across replicas (a lease record written with check-and-set), and the write
+//! that keeps a rotated refresh token.
+//!
+//! What a crash can lose: if credgate dies after the provider answered and
+//! before the store write, the provider has already rotated the refresh
+//! token and the new pair exists only in the dead process. The lease then
+//! expires, the next refresh presents the old (consumed) refresh token, the
+//! provider answers `invalid_grant`, and the credential is marked
+//! `reauthorization_required`: never a silent failure, never an old token
+//! injected. The window is one store write long.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::audit::{Audit, AuditEvent, AuditKind};
+use crate::config::{ClientAuthMethod, Config};
+use crate::credentials::{self, Credential, Status, Stored, usable_at};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::store::{Cas, INTERNAL_PREFIX, Store, StoreError};
+
+/// How long a refresh lease holds before another replica may take over.
+const LEASE_TTL_SECS: i64 = 30;
+/// How long a replica that lost the lease waits for the winner's write.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+const LEASE_POLL: Duration = Duration::from_millis(200);
+/// Retry-After for CREDENTIAL_REFRESH_FAILED.
+pub const RETRY_AFTER_SECS: u64 = 30;
+/// Provider calls are bounded.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What started a refresh (the `trigger` label).
+#[derive(Debug, Clone, Copy)]
+pub enum Trigger {
+    Unauthorized,
+    Expired,
+    Scheduled,
+    Admin,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Unauthorized => "upstream_401",
+            Trigger::Expired => "expired",
+            Trigger::Scheduled => "scheduled",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// No refresh possible: no refresh token, no provider, or `invalid_grant`.
+    #[error("reauthorization required")]
+    Reauthorization,
+    /// The provider failed in a way that may pass (5xx, timeout, connect).
+    #[error("provider failed: {0}")]
+    Provider(String),
+    #[error("credential not connected")]
+    NotConnected,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RefreshError {
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RefreshError::Reauthorization | RefreshError::NotConnected
+        )
+    }
+}
+
+impl From<RefreshError> for ProxyError {
+    fn from(e: RefreshError) -> Self {
+        match e {
+            RefreshError::Reauthorization => ProxyError::ReauthorizationRequired,
+            RefreshError::Provider(_) => ProxyError::CredentialRefreshFailed {
+                retry_after_secs: RETRY_AFTER_SECS,
+            },
+            RefreshError::NotConnected => ProxyError::IntegrationNotConnected { connect_url: None },
+            RefreshError::Store(e) => credentials::store_error(&e),
+        }
+    }
+}
+
+/// An integration's OAuth app, for the refresh_token grant.
+struct Provider {
+    token_url: TokenUrl,
+    client_id: ClientId,
+    client_secret: Option<SecretString>,
+    auth: AuthType,
+}
+
+type Key = (String, String);
+
+pub struct Refresher {
+    store: Arc<dyn Store>,
+    http: reqwest::Client,
+    providers: BTreeMap<String, Provider>,
+    locks: Mutex<HashMap<Key, Weak<tokio::sync::Mutex<()>>>>,
+    /// Names this process in lease records.
+    instance: String,
+    metrics: Arc<Metrics>,
+    audit: Arc<Audit>,
+}
+
+impl Refresher {
+    pub fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        audit: Arc<Audit>,
+    ) -> Result<Self, String> {
+        let mut providers = BTreeMap::new();
+        for (id, i) in &config.integrations {
+            let (Some(url), Some(client_id)) = (&i.token_url, &i.client_id) else {
+                continue;
+            };
+            let token_url = TokenUrl::new(url.clone())
+                .map_err(|e| format!("integrations.{id}.token_url: {e}"))?;
+            let client_secret = std::env::var(i.client_secret_env(id))
+                .ok()
+                .map(SecretString::from);
+            providers.insert(
+                id.clone(),
+                Provider {
+                    token_url,
+                    client_id: ClientId::new(client_id.clone()),
+                    client_secret,
+                    auth: match i.auth_method {
+                        ClientAuthMethod::ClientSecretPost => AuthType::RequestBody,
+                        ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+                    },
+                },
+            );
+        }
+        let http = reqwest::Client::builder()
+            // RFC 6749 token endpoints do not redirect; following one could leak the secret.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(PROVIDER_TIMEOUT)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        Ok(Refresher {
+            store,
+            http,
+            providers,
+            locks: Mutex::new(HashMap::new()),
+            instance: uuid::Uuid::new_v4().to_string(),
+            metrics,
+            audit,
+        })
+    }
+
+    fn key_lock(&self, tenant: &str, integration: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.to_owned(), integration.to_owned());
+        if let Some(l) = locks.get(&key).and_then(Weak::upgrade) {
+            return l;
+        }
+        locks.retain(|_, w| w.strong_count() > 0);
+        let l = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key, Arc::downgrade(&l));
+        l
+    }
+
+    /// Refreshes the credential, unless the store already holds a version
+    /// newer than `seen_version` (someone else refreshed): then that one is
+    /// returned without calling the provider.
+    pub async fn refresh(
+        &self,
+        tenant: &str,
+        integration: &str,
+        seen_version: Option<u64>,
+        trigger: Trigger,
+    ) -> Result<Stored, RefreshError> {
+        let lock = self.key_lock(tenant, integration);
+        let _held = lock.lock().await;
+        let mut seen = seen_version;
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            let stored = credentials::load(self.store.as_ref(), tenant, integration)
+                .await?
+                .ok_or(RefreshError::NotConnected)?;
+            let now = OffsetDateTime::now_utc();
+            if seen.is_some_and(|v| stored.version > v)
+                && stored.credential.status == Status::Active
+                && usable_at(stored.credential.expires_at, now)
+            {
+                return Ok(stored);
+            }
+            if stored.credential.status == Status::ReauthorizationRequired {
+                return Err(RefreshError::Reauthorization);
+            }
+            match self.acquire_lease(tenant, integration).await? {
+                Some(lease_version) => {
+                    let result = self
+                        .refresh_held(tenant, integration, stored, trigger)
+                        .await;
+                    self.release_lease(tenant, integration, lease_version).await;
+                    return result;
+                }
+                None if tokio::time::Instant::now() < deadline => {
+                    // Another replica is refreshing: wait for its write.
+                    seen = Some(stored.version);
+                    tokio::time::sleep(LEASE_POLL).await;
+                }
+                None => {
+                    return Err(RefreshError::Provider(
+                        "another replica holds the refresh lease".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn refresh_held(
+        &self,
+        tenant: &str,
+        integration: &str,
+        stored: Stored,
+        trigger: Trigger,
+    ) -> Result<Stored, RefreshError> {
+        let outcome = self.call_provider(integration, &stored.credential).await;
+        let label = |result: &str| {
+            self.metrics
+                .credential_refresh_total
+                .with_label_values(&[integration, trigger.as_str(), result])
+                .inc();
+        };
+        let audit = |kind: AuditKind, reason: Option<&str>| {
+            self.audit.record(
+                kind,
+                AuditEvent {
+                    tenant: Some(tenant),
+                    integration: Some(integration),
+                    actor: Some(trigger.as_str()),
+                    reason,
+                    ..Default::default()
+                },
+            );
+        };
+        match outcome {
+            Ok(fresh) => {
+                let stored = self
+                    .write_refreshed(tenant, integration, stored, fresh)
+                    .await?;
+                label("success");
+                audit(AuditKind::RefreshSuccess, None);
+                Ok(stored)
+            }
+            Err(RefreshError::Reauthorization) => {
+                label("reauthorization_required");
+                audit(AuditKind::RefreshFailed, Some("reauthorization_required"));
+                if stored.credential.refresh_token.is_some() {
+                    // The provider refused the grant: record it so every
+                    // replica stops trying and the admin API shows it.
+                    let mut c = stored.credential.clone();
+                    c.status = Status::ReauthorizationRequired;
+                    let _ = credentials::save(
+                        self.store.as_ref(),
+                        tenant,
+                        integration,
+                        &c,
+                        Cas::Version(stored.version),
+                    )
+                    .await;
+                }
+                Err(RefreshError::Reauthorization)
+            }
+            Err(e) => {
+                tracing::warn!(tenant, integration, error = %e, "credential refresh failed");
+                label("error");
+                audit(AuditKind::RefreshRetry, Some("provider_error"));
+                Err(e)
+            }
+        }
+    }
+
+    /// The refresh_token grant against the integration's provider.
+    async fn call_provider(
+        &self,
+        integration: &str,
+        c: &Credential,
+    ) -> Result<Credential, RefreshError> {
+        let refresh_token = c
+            .refresh_token
+            .as_ref()
+            .ok_or(RefreshError::Reauthorization)?;
+        let p = self
+            .providers
+            .get(integration)
+            .ok_or(RefreshError::Reauthorization)?;
+        let mut client = BasicClient::new(p.client_id.clone())
+            .set_token_uri(p.token_url.clone())
+            .set_auth_type(p.auth.clone());
+        if let Some(s) = &p.client_secret {
+            client = client.set_client_secret(ClientSecret::new(s.expose_secret().to_owned()));
+        }
+        let resp = client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r)
+                    if *r.error() == BasicErrorResponseType::InvalidGrant =>
+                {
+                    RefreshError::Reauthorization
+                }
+                RequestTokenError::ServerResponse(r) => {
+                    RefreshError::Provider(format!("provider answered {}", r.error()))
+                }
+                RequestTokenError::Request(e) => RefreshError::Provider(format!("request: {e}")),
+                RequestTokenError::Parse(_, _) => {
+                    RefreshError::Provider("unparseable provider answer".into())
+                }
+                RequestTokenError::Other(e) => RefreshError::Provider(e),
+            })?;
+        let now = OffsetDateTime::now_utc();
+        Ok(Credential {
+            access_token: SecretString::from(resp.access_token().secret().to_owned()),
+            // A provider that does not rotate leaves the old refresh token valid.
+            refresh_token: Some(
+                resp.refresh_token()
+                    .map(|r| SecretString::from(r.secret().to_owned()))
+                    .unwrap_or_else(|| refresh_token.clone()),
+            ),
+            expires_at: resp
+                .expires_in()
+                .map(|d| now + time::Duration::seconds(d.as_secs().min(10 * 365 * 86400) as i64)),
+            scopes: resp
+                .scopes()
+                .map(|s| s.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_else(|| c.scopes.clone()),
+            token_type: "Bearer".into(),
+            created_by: c.created_by.clone(),
+            auto_refresh: c.auto_refresh,
+            refresh_count: c.refresh_count + 1,
+            status: Status::Active,
+        })
+    }
+
+    /// Writes the refreshed pair. The lease makes a conflict unlikely; if an
+    /// admin replaced the credential meanwhile, theirs wins.
+    async fn write_refreshed(
+        &self,
+        tenant: &str,
+        integration: &str,
+        old: Stored,
+        fresh: Credential,
+    ) -> Result<Stored, RefreshError> {
+        let mut base = old;
+        for _ in 0..3 {
+            match credentials::save(
+                self.store.as_ref(),
+                tenant,
+                integration,
+                &fresh,
+                Cas::Version(base.version),
+            )
+            .await
+            {
+                Ok(version) => {
+                    return Ok(Stored {
+                        credential: fresh,
+                        version,
+                        updated_at: String::new(),
+                    });
+                }
+                Err(StoreError::Conflict) => {
+                    let Some(now) =
+                        credentials::load(self.store.as_ref(), tenant, integration).await?
+                    else {
+                        return Err(RefreshError::NotConnected);
+                    };
+                    let same_grant = match (
+                        &now.credential.refresh_token,
+                        &base.credential.refresh_token,
+                    ) {
+                        (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+                        _ => false,
+                    };
+                    if !same_grant {
+                        return Ok(now);
+                    }
+                    base = now;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RefreshError::Store(StoreError::Conflict))
+    }
+
+    fn lease_path(tenant: &str, integration: &str) -> String {
+        format!("{INTERNAL_PREFIX}/leases/{tenant}/{integration}")
+    }
+
+    /// Takes the cross-replica refresh lease; `None` when another live holder has it.
+    async fn acquire_lease(
+        &self,
+        tenant: &str,
+        integration: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let path = Self::lease_path(tenant, integration);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let current = self.store.read(&path).await?;
+        let cas = match &current {
+            Some(r) => {
+                let until = r.data.get("expiresAt").and_then(Value::as_i64).unwrap_or(0);
+                let holder = r.data.get("holder").and_then(Value::as_str).unwrap_or("");
+                if until > now && holder != self.instance {
+                    return Ok(None);
+                }
+                Cas::Version(r.version)
+            }
+            None => Cas::Absent,
+        };
+        let mut data = Map::new();
+        data.insert("holder".into(), json!(self.instance));
+        data.insert("expiresAt".into(), json!(now + LEASE_TTL_SECS));
+        match self.store.write(&path, data, BTreeMap::new(), cas).await {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::Conflict) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release_lease(&self, tenant: &str, integration: &str, version: u64) {
+        let path = Self::lease_path(tenant, integration);
+        let mut data = Map::new();
+        data.insert("holder".into(), json!(""));
+        data.insert("expiresAt".into(), json!(0));
+        // Losing this write only means the lease runs out by itself.
+        if let Err(e) = self
+            .store
+            .write(&path, data, BTreeMap::new(), Cas::Version(version))
+            .await
+        {
+            tracing::debug!(error = %e, "refresh lease release failed");
+        }
+    }
+}
