@@ -1,14 +1,11 @@
-//! credgate's own OAuth clients: the record, secrets, and [`ClientRegistry`],
-//! the in-memory map every request reads (no store I/O) that is written
-//! through to the store with check-and-set and reloaded by the sync loop.
-//!
-//! Records live at `_credgate/clients/{clientId}` as camelCase JSON.
+//! credgate's own OAuth clients: the record, its secrets and allow lists.
+//! [`super::registry::ClientRegistry`] keeps them in memory and in the store
+//! (`_credgate/clients/{clientId}`, camelCase JSON).
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -22,14 +19,6 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use super::Tenants;
-use super::sync::Changes;
-use crate::store::{Cas, Store, StoreError};
-
-pub(crate) const CLIENTS_PREFIX: &str = "_credgate/clients";
-
-fn client_path(id: &str) -> String {
-    format!("{CLIENTS_PREFIX}/{id}")
-}
 
 /// Client ids credgate generates: `cg-` and 20 lowercase hex digits (80
 /// random bits). They are valid identifiers (`ids::validate`) and path
@@ -83,7 +72,7 @@ impl SecretHash {
     }
 
     /// Constant-time comparison.
-    fn matches(&self, other: &SecretHash) -> bool {
+    pub(crate) fn matches(&self, other: &SecretHash) -> bool {
         self.0.ct_eq(&other.0).into()
     }
 }
@@ -266,7 +255,7 @@ impl Client {
 
     /// Whether `secret` is the current secret, or the previous one within its
     /// grace period.
-    fn secret_matches(&self, presented: &SecretHash, now: OffsetDateTime) -> bool {
+    pub(crate) fn secret_matches(&self, presented: &SecretHash, now: OffsetDateTime) -> bool {
         let current = self.secret_hash.matches(presented);
         let previous = match (&self.previous_secret_hash, self.previous_secret_valid_until) {
             (Some(h), Some(until)) => h.matches(presented) & (now < until),
@@ -275,7 +264,7 @@ impl Client {
         current | previous
     }
 
-    fn to_data(&self) -> Map<String, Value> {
+    pub(crate) fn to_data(&self) -> Map<String, Value> {
         match serde_json::to_value(self) {
             Ok(Value::Object(m)) => m,
             _ => unreachable!("a client serializes to an object"),
@@ -283,201 +272,9 @@ impl Client {
     }
 }
 
-/// Why a registry operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The input is not acceptable; the text is safe to show.
-    #[error("{0}")]
-    Invalid(String),
-    #[error("client not found")]
-    NotFound,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// The in-memory client map plus write-through to the store.
-pub struct ClientRegistry {
-    store: Arc<dyn Store>,
-    clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
-    /// Serializes this replica's writes with reloads, so a reload that read
-    /// the store before a local write cannot undo it in memory.
-    gate: tokio::sync::Mutex<()>,
-    changes: Arc<Changes>,
-    /// Hash of a random secret, compared against when the client id is
-    /// unknown so that timing does not tell which ids exist.
-    decoy: SecretHash,
-}
-
-impl ClientRegistry {
-    pub(crate) fn new(store: Arc<dyn Store>, changes: Arc<Changes>) -> Self {
-        ClientRegistry {
-            store,
-            clients: RwLock::default(),
-            gate: tokio::sync::Mutex::new(()),
-            changes,
-            decoy: SecretHash::of(&new_secret()),
-        }
-    }
-
-    /// The current record, from memory.
-    pub fn get(&self, client_id: &str) -> Option<Arc<Client>> {
-        self.read_map().get(client_id).cloned()
-    }
-
-    /// All clients, oldest first.
-    pub fn list(&self) -> Vec<Arc<Client>> {
-        let mut all: Vec<Arc<Client>> = self.read_map().values().cloned().collect();
-        all.sort_by(|a, b| (a.created_at, &a.client_id).cmp(&(b.created_at, &b.client_id)));
-        all
-    }
-
-    fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Client>>> {
-        self.clients.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn put(&self, client: Client) -> Arc<Client> {
-        let client = Arc::new(client);
-        self.clients
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(client.client_id.clone(), client.clone());
-        client
-    }
-
-    /// Checks a client's secret. `Err(true)` when the id names a registered
-    /// client (the throttle counts those), `Err(false)` otherwise. Suspension
-    /// is the caller's concern: it is reported only after authentication.
-    pub(crate) fn authenticate(
-        &self,
-        client_id: &str,
-        secret: &SecretString,
-        now: OffsetDateTime,
-    ) -> Result<Arc<Client>, bool> {
-        let presented = SecretHash::of(secret);
-        match self.get(client_id) {
-            Some(c) if c.secret_matches(&presented, now) => Ok(c),
-            Some(_) => Err(true),
-            None => {
-                let _ = self.decoy.matches(&presented);
-                Err(false)
-            }
-        }
-    }
-
-    /// Stores a new client; returns it and its secret (shown once).
-    pub(crate) async fn create(
-        &self,
-        build: impl FnOnce(Arc<str>, SecretHash) -> Client,
-    ) -> Result<(Arc<Client>, SecretString), ClientError> {
-        let secret = new_secret();
-        let mut client = build(new_client_id().into(), SecretHash::of(&secret));
-        let _gate = self.gate.lock().await;
-        let path = client_path(&client.client_id);
-        client.version = self
-            .store
-            .write(&path, client.to_data(), BTreeMap::new(), Cas::Absent)
-            .await?;
-        let client = self.put(client);
-        self.changes.announce(&*self.store).await;
-        Ok((client, secret))
-    }
-
-    /// Read-modify-write of one client with check-and-set, retried on
-    /// conflict. `change` may run more than once.
-    pub(crate) async fn update(
-        &self,
-        client_id: &str,
-        mut change: impl FnMut(&mut Client) -> Result<(), ClientError>,
-    ) -> Result<Arc<Client>, ClientError> {
-        if !is_client_id(client_id) {
-            return Err(ClientError::NotFound);
-        }
-        let _gate = self.gate.lock().await;
-        let path = client_path(client_id);
-        for _ in 0..5 {
-            let Some(rec) = self.store.read(&path).await? else {
-                return Err(ClientError::NotFound);
-            };
-            let mut client = parse(&rec.data, rec.version)?;
-            change(&mut client)?;
-            client.updated_at = OffsetDateTime::now_utc();
-            match self
-                .store
-                .write(
-                    &path,
-                    client.to_data(),
-                    BTreeMap::new(),
-                    Cas::Version(rec.version),
-                )
-                .await
-            {
-                Ok(v) => {
-                    client.version = v;
-                    let client = self.put(client);
-                    self.changes.announce(&*self.store).await;
-                    return Ok(client);
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(StoreError::Conflict.into())
-    }
-
-    /// Deletes a client; its tokens stop working at once.
-    pub(crate) async fn delete(&self, client_id: &str) -> Result<(), ClientError> {
-        if !is_client_id(client_id) {
-            return Err(ClientError::NotFound);
-        }
-        let _gate = self.gate.lock().await;
-        let path = client_path(client_id);
-        if self.store.read(&path).await?.is_none() {
-            return Err(ClientError::NotFound);
-        }
-        self.store.delete(&path).await?;
-        self.clients
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
-        self.changes.announce(&*self.store).await;
-        Ok(())
-    }
-
-    /// Replaces the map with what the store holds. A record that does not
-    /// parse is left out (its client cannot authenticate: fail closed).
-    pub(crate) async fn reload(&self) -> Result<(), StoreError> {
-        let _gate = self.gate.lock().await;
-        let mut next = HashMap::new();
-        for name in self.store.list(CLIENTS_PREFIX).await? {
-            if !is_client_id(&name) {
-                continue;
-            }
-            let Some(rec) = self.store.read(&client_path(&name)).await? else {
-                continue;
-            };
-            match parse(&rec.data, rec.version) {
-                Ok(c) if *c.client_id == *name => {
-                    next.insert(c.client_id.clone(), Arc::new(c));
-                }
-                _ => tracing::error!(client_id = %name, "client record unreadable; skipped"),
-            }
-        }
-        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = next;
-        Ok(())
-    }
-}
-
-fn parse(data: &Map<String, Value>, version: u64) -> Result<Client, StoreError> {
-    let mut c: Client = serde_json::from_value(Value::Object(data.clone()))
-        .map_err(|e| StoreError::Corrupt(format!("client record: {e}")))?;
-    c.version = version;
-    Ok(c)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::oauth::testing::MemStore;
 
     pub(crate) fn sample(id: Arc<str>, hash: SecretHash) -> Client {
         let now = OffsetDateTime::now_utc();
@@ -503,10 +300,6 @@ mod tests {
         }
     }
 
-    fn registry(store: Arc<MemStore>) -> ClientRegistry {
-        ClientRegistry::new(store, Arc::new(Changes::default()))
-    }
-
     #[test]
     fn ids_and_secrets_have_the_promised_shape() {
         let id = new_client_id();
@@ -522,72 +315,6 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
         );
         assert!(!is_client_id("cg-../../etc") && !is_client_id("cg-ABCDEF0123456789abcd"));
-    }
-
-    #[tokio::test]
-    async fn create_authenticate_reload_and_no_secret_in_views() {
-        let store = Arc::new(MemStore::new());
-        let reg = registry(store.clone());
-        let (c, secret) = reg.create(sample).await.unwrap();
-        let now = OffsetDateTime::now_utc();
-        assert!(reg.authenticate(&c.client_id, &secret, now).is_ok());
-        let wrong = SecretString::from("nope");
-        assert!(reg.authenticate(&c.client_id, &wrong, now).unwrap_err());
-        assert!(
-            !reg.authenticate("cg-00000000000000000000", &secret, now)
-                .unwrap_err()
-        );
-
-        let view = serde_json::to_string(&c.view()).unwrap();
-        assert!(!view.contains("sha256") && !view.contains(secret.expose_secret()));
-        assert!(view.contains(r#""tenant":"tenant-1""#), "{view}");
-        assert!(!format!("{c:?}").contains("sha256"));
-        // The stored record holds a hash, never the secret.
-        let rec = store
-            .read(&client_path(&c.client_id))
-            .await
-            .unwrap()
-            .unwrap();
-        let stored = serde_json::to_string(&rec.data).unwrap();
-        assert!(stored.contains("sha256:") && !stored.contains(secret.expose_secret()));
-
-        let other = registry(store);
-        other.reload().await.unwrap();
-        assert_eq!(other.get(&c.client_id).unwrap().name, "agent");
-    }
-
-    #[tokio::test]
-    async fn update_uses_check_and_set_and_delete_removes() {
-        let store = Arc::new(MemStore::new());
-        let a = registry(store.clone());
-        let b = registry(store.clone());
-        let (c, _) = a.create(sample).await.unwrap();
-        b.reload().await.unwrap();
-        // Both replicas update; neither write is lost.
-        a.update(&c.client_id, |c| {
-            c.name = "one".into();
-            Ok(())
-        })
-        .await
-        .unwrap();
-        let after = b
-            .update(&c.client_id, |c| {
-                c.description = "two".into();
-                Ok(())
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            (after.name.as_str(), after.description.as_str()),
-            ("one", "two")
-        );
-        assert!(after.version > c.version);
-        b.delete(&c.client_id).await.unwrap();
-        assert!(b.get(&c.client_id).is_none());
-        assert!(matches!(
-            a.delete(&c.client_id).await,
-            Err(ClientError::NotFound)
-        ));
     }
 
     #[test]

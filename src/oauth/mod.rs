@@ -6,7 +6,8 @@
 //!   the OAuth and well-known endpoints, `authenticate` on the hot path (no
 //!   store I/O: keys, clients and revocations are in memory, signature checks
 //!   cached by token digest), `sync_loop` to follow other replicas.
-//! - `clients`: records and [`ClientRegistry`]; `keys`: signing keys;
+//! - `clients`: the client record; `registry`: [`ClientRegistry`];
+//!   `registration`: admin-driven client changes; `keys`: signing keys;
 //!   `jwt`: tokens; `token`: `/oauth/token`; `assertion`: `private_key_jwt`; `metadata`: RFC 8414 / 9728
 //!   documents; `throttle`: failed client authentication; `sync`: the change
 //!   marker; `revoke`: revocations, `/oauth/revoke`, `/oauth/introspect`.
@@ -17,6 +18,8 @@ mod jwt;
 mod keys;
 mod metadata;
 mod registration;
+mod registry;
+mod request;
 mod revoke;
 mod sync;
 #[cfg(test)]
@@ -25,18 +28,19 @@ mod throttle;
 mod token;
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-pub use clients::{Client, ClientError, ClientRegistry, ClientView, IpAllow, is_client_id};
+pub use clients::{Client, ClientView, IpAllow, is_client_id};
 pub use registration::{
     ClientUpdate, DEFAULT_GRACE_MINUTES, DEFAULT_STATIC_KEY_DAYS, MAX_GRACE_MINUTES, NewClient,
     StaticKey,
 };
+pub use registry::{ClientError, ClientRegistry};
 
 use crate::audit::Audit;
 use crate::config::{Config, OAuthConfig};
@@ -360,64 +364,6 @@ impl Authority {
             return Err(AuthFailure::Revoked);
         }
         Ok(client)
-    }
-
-    /// Background job: every `store.sync_interval_seconds`, picks up other
-    /// replicas' changes to clients, keys and revocations. Returns when
-    /// `shutdown` turns true or its sender is dropped.
-    pub async fn sync_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.sync_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ticks = 0u64;
-        let mut last_early = Instant::now() - Duration::from_secs(60);
-        loop {
-            if *shutdown.borrow() {
-                return;
-            }
-            let full = tokio::select! {
-                _ = tick.tick() => {
-                    ticks += 1;
-                    ticks.is_multiple_of(sync::FULL_RELOAD_EVERY)
-                }
-                _ = self.sync_now.notified() => {
-                    if last_early.elapsed() < Duration::from_secs(1) {
-                        continue;
-                    }
-                    last_early = Instant::now();
-                    false
-                }
-                r = shutdown.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if let Err(e) = self.sync_once(full).await {
-                tracing::warn!(error = %e, "oauth sync failed; retrying next interval");
-            }
-        }
-    }
-
-    /// One sync step: reload when the change marker moved (or `full`).
-    pub(crate) async fn sync_once(&self, full: bool) -> Result<(), StoreError> {
-        let moved = self.changes.moved(&*self.store).await?;
-        if !(moved || full) {
-            return Ok(());
-        }
-        let result = async {
-            self.clients.reload().await?;
-            if let Some(next) = keys::reload(&*self.store, &self.keys()).await? {
-                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-            }
-            self.revocations.reload(&*self.store, jwt::unix_now()).await
-        }
-        .await;
-        if result.is_err() {
-            // Retry the whole reload next tick.
-            self.changes.forget();
-        }
-        result
     }
 }
 

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 
 use super::assertion::validate_jwks;
-use super::clients::{Client, ClientError, IpAllow, SecretHash};
+use super::clients::{Client, IpAllow, SecretHash};
+use super::registry::ClientError;
 use super::{Authority, Tenants};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::error::ProxyError;

@@ -16,8 +16,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::jwt::{self, LEEWAY_SECS, Verified};
+use super::request::{self, TokenRequest};
 use super::sync::Changes;
-use super::token::{self, authenticate_client};
+use super::token::authenticate_client;
 use super::{Authority, MAX_OAUTH_BODY, Tenants};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::error::{OAuthError, OAuthErrorCode};
@@ -108,7 +109,7 @@ impl Revocations {
 }
 
 /// Reads the body of a `/oauth/revoke` or `/oauth/introspect` request.
-async fn read<B>(headers: &HeaderMap, body: B) -> Result<token::TokenRequest, OAuthError>
+async fn read<B>(headers: &HeaderMap, body: B) -> Result<TokenRequest, OAuthError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -119,7 +120,7 @@ where
             "request body unreadable or over 64 KiB",
         )
     })?;
-    token::parse(headers, &body)
+    request::parse(headers, &body)
 }
 
 /// `POST /oauth/revoke`: a client revokes one of its own tokens. Always 200

@@ -1,4 +1,4 @@
-//! Keeping replicas in step: every change to clients, keys or revocations
+//! Keeping replicas in step (and [`Authority::sync_loop`]): every change to clients, keys or revocations
 //! bumps one marker record, `_credgate/oauth-changes`. Each sync tick reads
 //! only that record; when its version moved, the registry, the key set and
 //! the revocations are reloaded. A full reload also runs every
@@ -13,6 +13,12 @@ use serde_json::{Map, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{Authority, jwt, keys};
 use crate::store::{Cas, Store, StoreError};
 
 pub(crate) const CHANGES_PATH: &str = "_credgate/oauth-changes";
@@ -60,6 +66,66 @@ impl Changes {
     pub(crate) async fn moved(&self, store: &dyn Store) -> Result<bool, StoreError> {
         let version = store.read(CHANGES_PATH).await?.map_or(0, |r| r.version);
         Ok(self.seen.swap(version, Ordering::AcqRel) != version)
+    }
+}
+
+impl Authority {
+    /// Background job: every `store.sync_interval_seconds`, picks up other
+    /// replicas' changes to clients, keys and revocations. Returns when
+    /// `shutdown` turns true or its sender is dropped.
+    pub async fn sync_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        let mut last_early = Instant::now() - Duration::from_secs(60);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let full = tokio::select! {
+                _ = tick.tick() => {
+                    ticks += 1;
+                    ticks.is_multiple_of(FULL_RELOAD_EVERY)
+                }
+                _ = self.sync_now.notified() => {
+                    if last_early.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    last_early = Instant::now();
+                    false
+                }
+                r = shutdown.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = self.sync_once(full).await {
+                tracing::warn!(error = %e, "oauth sync failed; retrying next interval");
+            }
+        }
+    }
+
+    /// One sync step: reload when the change marker moved (or `full`).
+    pub(crate) async fn sync_once(&self, full: bool) -> Result<(), StoreError> {
+        let moved = self.changes.moved(&*self.store).await?;
+        if !(moved || full) {
+            return Ok(());
+        }
+        let result = async {
+            self.clients.reload().await?;
+            if let Some(next) = keys::reload(&*self.store, &self.keys()).await? {
+                *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+            }
+            self.revocations.reload(&*self.store, jwt::unix_now()).await
+        }
+        .await;
+        if result.is_err() {
+            // Retry the whole reload next tick.
+            self.changes.forget();
+        }
+        result
     }
 }
 

@@ -1,7 +1,8 @@
-//! Token request parsing and scope selection.
+//! Token request parsing.
 
 use base64::engine::general_purpose::STANDARD;
 use http::HeaderValue;
+use secrecy::ExposeSecret;
 
 use super::*;
 
@@ -103,25 +104,4 @@ fn secrets_do_not_show_in_debug_output() {
     )
     .unwrap();
     assert!(!format!("{r:?}").contains("hunter2"));
-}
-
-#[tokio::test]
-async fn scope_selection() {
-    let (a, _) = crate::oauth::testing::authority().await;
-    let (c, _) = crate::oauth::tests::client(&a).await;
-    let names = |v: Vec<Arc<str>>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert_eq!(
-        names(select_scopes(&c, None).unwrap()),
-        ["mcp", "admin", "introspect"]
-    );
-    assert_eq!(
-        names(select_scopes(&c, Some("")).unwrap()),
-        ["mcp", "admin", "introspect"]
-    );
-    assert_eq!(
-        names(select_scopes(&c, Some("admin  mcp admin")).unwrap()),
-        ["admin", "mcp"]
-    );
-    let err = select_scopes(&c, Some("mcp write")).unwrap_err();
-    assert_eq!(err.code, OAuthErrorCode::InvalidScope);
 }
