@@ -120,6 +120,14 @@ async fn serve(config: Config, admin_token: Option<SecretString>) -> anyhow::Res
         store = state.store.backend(),
         "credgate listening"
     );
+    let _scheduler = credgate::refresh::schedule::start(
+        state.credentials.clone(),
+        std::time::Duration::from_secs(state.config.refresh.interval_seconds.max(1)),
+        state.config.refresh.before_seconds as i64,
+        state.config.refresh.concurrency,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("refresh scheduler: {e}"))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(state.authority.clone().sync_loop(stop_rx.clone()));
     let limits = state.clone();

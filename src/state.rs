@@ -29,7 +29,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     pub authority: Arc<Authority>,
-    pub credentials: Credentials,
+    pub credentials: Arc<Credentials>,
     pub rate_limits: RateLimits,
     pub upstream: upstream::Client,
     admin_token: Option<SecretString>,
@@ -68,12 +68,12 @@ impl AppState {
         let routes = Routes::from_config(&config);
         let refresher = Refresher::new(&config, store.clone(), metrics.clone(), audit.clone())
             .map_err(StartError::Config)?;
-        let credentials = Credentials::new(
+        let credentials = Arc::new(Credentials::new(
             store.clone(),
             Arc::new(refresher),
             Duration::from_secs(config.store.sync_interval_seconds),
             &metrics,
-        );
+        ));
         Ok(AppState {
             rate_limits: RateLimits::new(&config.rate_limit),
             inject_headers: crate::proxy::inject_headers(&routes),

@@ -126,6 +126,10 @@ async fn put(
             e => store_error(&e),
         })?;
     state.credentials.invalidate(tenant, integration).await;
+    state
+        .credentials
+        .refresher()
+        .note_written(tenant, integration, &credential);
     state.audit.record(
         AuditKind::CredentialStored,
         AuditEvent {
@@ -197,6 +201,11 @@ async fn delete(
     }
     store.delete(&path).await.map_err(|e| store_error(&e))?;
     state.credentials.invalidate(tenant, integration).await;
+    state
+        .credentials
+        .refresher()
+        .due()
+        .set(tenant, integration, None);
     state.audit.record(
         AuditKind::CredentialDeleted,
         AuditEvent {

@@ -11,6 +11,8 @@
 //! `reauthorization_required`: never a silent failure, never an old token
 //! injected. The window is one store write long.
 
+pub mod schedule;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -115,6 +117,8 @@ pub struct Refresher {
     instance: String,
     metrics: Arc<Metrics>,
     audit: Arc<Audit>,
+    due: schedule::DueIndex,
+    before_secs: i64,
 }
 
 impl Refresher {
@@ -161,7 +165,21 @@ impl Refresher {
             instance: uuid::Uuid::new_v4().to_string(),
             metrics,
             audit,
+            due: schedule::DueIndex::default(),
+            before_secs: config.refresh.before_seconds as i64,
         })
+    }
+
+    /// The scheduled-refresh index.
+    pub fn due(&self) -> &schedule::DueIndex {
+        &self.due
+    }
+
+    /// Tells the schedule about a credential just written.
+    pub fn note_written(&self, tenant: &str, integration: &str, c: &Credential) {
+        let auto = c.auto_refresh && c.status == Status::Active;
+        self.due
+            .note(tenant, integration, c.expires_at, auto, self.before_secs);
     }
 
     fn key_lock(&self, tenant: &str, integration: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -263,6 +281,7 @@ impl Refresher {
             }
             Err(RefreshError::Reauthorization) => {
                 label("reauthorization_required");
+                self.due.set(tenant, integration, None);
                 audit(AuditKind::RefreshFailed, Some("reauthorization_required"));
                 if stored.credential.refresh_token.is_some() {
                     // The provider refused the grant: record it so every
