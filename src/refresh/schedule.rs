@@ -224,7 +224,7 @@ pub async fn start(
         let credentials = credentials.clone();
         let running = running.clone();
         ticks += 1;
-        let rescan = ticks % ticks_per_rescan == 0;
+        let rescan = ticks.is_multiple_of(ticks_per_rescan);
         Box::pin(async move {
             // A slow tick is not overlapped by the next one.
             if running.swap(true, Ordering::AcqRel) {
