@@ -40,7 +40,11 @@ def bad_gate(tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream) -> It
         route("github", "/github", echo.url),
         route("dead", "/dead", f"http://127.0.0.1:{free_port()}"),
     ]
-    g = Credgate(tmp_path_factory.mktemp("bad"), routes, {"proxy": {"max_body_bytes": MAX_BODY}})
+    g = Credgate(
+        tmp_path_factory.mktemp("bad"),
+        routes,
+        {"proxy": {"max_body_bytes": MAX_BODY, "max_replay_body_bytes": MAX_BODY // 4}},
+    )
     g.start()
     yield g
     g.stop()

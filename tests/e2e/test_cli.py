@@ -57,9 +57,9 @@ def test_check_config_good(tmp_path: Path) -> None:
 
 def test_check_config_env_override_is_effective(tmp_path: Path) -> None:
     f = _write(tmp_path, _config(tmp_path), [route("github", "/github", "http://127.0.0.1:3000")])
-    r = _run("check-config", "--config", str(f), env={"CREDGATE_PROXY__MAX_BODY_BYTES": "12345"})
+    r = _run("check-config", "--config", str(f), env={"CREDGATE_PROXY__MAX_BODY_BYTES": "23456789"})
     assert r.returncode == 0, r
-    assert "12345" in r.stdout + r.stderr
+    assert "23456789" in r.stdout + r.stderr
 
 
 @pytest.mark.parametrize(
