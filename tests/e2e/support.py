@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -26,6 +27,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 CREDGATE_BIN = Path(os.environ.get("CREDGATE_BIN", REPO / "target" / "debug" / "credgate"))
 HERE = Path(__file__).resolve().parent
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Every network call in the suite is bounded by this (seconds) unless a test says otherwise.
 HTTP_TIMEOUT = httpx.Timeout(10.0)
@@ -214,7 +216,7 @@ class Credgate:
     def log_tail(self, lines: int = 60) -> str:
         out = []
         for p in self.log_files()[-2:]:
-            text = p.read_text(errors="replace").splitlines()
+            text = _ANSI.sub("", p.read_text(errors="replace")).splitlines()
             out.append(f"===== {p.name} (last {lines} lines)\n" + "\n".join(text[-lines:]))
         return "\n".join(out)
 
