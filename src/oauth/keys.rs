@@ -77,6 +77,15 @@ impl SigningKey {
                 let point = [&[4u8][..], &x, &y].concat();
                 (Algorithm::ES256, DecodingKey::from_ec_der(&point))
             }
+            (Some("RSA"), _) => {
+                if field("n")?.len() < 128 || field("e")?.is_empty() {
+                    return Err(corrupt("RSA modulus too short"));
+                }
+                let (n, e) = (jwk["n"].as_str(), jwk["e"].as_str());
+                let key = DecodingKey::from_rsa_components(n.unwrap_or(""), e.unwrap_or(""))
+                    .map_err(|_| corrupt("RSA key does not parse"))?;
+                (Algorithm::RS256, key)
+            }
             _ => return Err(corrupt("unsupported key type")),
         };
         Ok(SigningKey {
@@ -145,13 +154,20 @@ fn wanted_alg(alg: SigningAlg) -> Result<Algorithm, StoreError> {
     match alg {
         SigningAlg::EdDSA => Ok(Algorithm::EdDSA),
         SigningAlg::ES256 => Ok(Algorithm::ES256),
-        SigningAlg::RS256 => Err(StoreError::Refused(
-            "oauth.signing_alg = \"RS256\" is not supported yet; use \"EdDSA\" or \"ES256\"".into(),
-        )),
+        SigningAlg::RS256 => Ok(Algorithm::RS256),
     }
 }
 
-/// A fresh key pair: the PKCS#8 private key and the public JWK.
+/// RSA modulus size. Tests use a smaller one: generating 2048-bit keys takes
+/// seconds in unoptimized builds (release: well under one).
+#[cfg(not(test))]
+const RSA_BITS: usize = 2048;
+#[cfg(test)]
+const RSA_BITS: usize = 1024;
+
+/// A fresh key pair: the private key in the DER form `jsonwebtoken` signs
+/// with (PKCS#8 for EdDSA and ES256, PKCS#1 for RS256) and the public JWK.
+/// Slow for RSA: call from a blocking thread.
 fn generate(alg: Algorithm, kid: &str) -> Result<(Zeroizing<Vec<u8>>, Value), StoreError> {
     let rng = SystemRandom::new();
     let failed =
@@ -178,14 +194,28 @@ fn generate(alg: Algorithm, kid: &str) -> Result<(Zeroizing<Vec<u8>>, Value), St
                              "kid": kid, "alg": "ES256", "use": "sig"});
             Ok((pkcs8, jwk))
         }
+        Algorithm::RS256 => {
+            use rsa::pkcs1::EncodeRsaPrivateKey;
+            use rsa::traits::PublicKeyParts;
+            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, RSA_BITS)
+                .map_err(|_| failed(ring::error::Unspecified))?;
+            let der = key
+                .to_pkcs1_der()
+                .map_err(|_| failed(ring::error::Unspecified))?;
+            let jwk = json!({"kty": "RSA",
+                             "n": B64.encode(key.n().to_bytes_be()), "e": B64.encode(key.e().to_bytes_be()),
+                             "kid": kid, "alg": "RS256", "use": "sig"});
+            Ok((Zeroizing::new(der.as_bytes().to_vec()), jwk))
+        }
         _ => Err(StoreError::Refused("unsupported signing algorithm".into())),
     }
 }
 
-fn with_private(mut key: SigningKey, pkcs8: &[u8]) -> SigningKey {
+fn with_private(mut key: SigningKey, der: &[u8]) -> SigningKey {
     key.encoding = Some(match key.alg {
-        Algorithm::ES256 => EncodingKey::from_ec_der(pkcs8),
-        _ => EncodingKey::from_ed_der(pkcs8),
+        Algorithm::ES256 => EncodingKey::from_ec_der(der),
+        Algorithm::RS256 => EncodingKey::from_rsa_der(der),
+        _ => EncodingKey::from_ed_der(der),
     });
     key
 }
@@ -193,7 +223,12 @@ fn with_private(mut key: SigningKey, pkcs8: &[u8]) -> SigningKey {
 /// Generates a key and writes its record (not yet active).
 async fn create_key(store: &dyn Store, alg: Algorithm) -> Result<SigningKey, StoreError> {
     let kid = new_kid(&SystemRandom::new())?;
-    let (pkcs8, jwk) = generate(alg, &kid)?;
+    let (pkcs8, jwk) = {
+        let kid = kid.clone();
+        tokio::task::spawn_blocking(move || generate(alg, &kid))
+            .await
+            .map_err(|_| StoreError::Refused("signing key generation panicked".into()))??
+    };
     let path = key_path(&kid);
     let sealed = store
         .encrypt(INTERNAL_KEYRING, &path, &[&pkcs8])
@@ -418,10 +453,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rs256_is_refused_clearly() {
-        let err = load_or_create(&MemStore::new(), SigningAlg::RS256)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("RS256"), "{err}");
+    async fn rs256_keys_are_published_and_reload() {
+        let store = MemStore::new();
+        let set = load_or_create(&store, SigningAlg::RS256).await.unwrap();
+        assert_eq!(set.active.alg, Algorithm::RS256);
+        let jwk = &set.jwks()["keys"][0];
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["alg"].as_str()),
+            (Some("RSA"), Some("RS256"))
+        );
+        assert!(jwk.get("d").is_none());
+        let again = load_or_create(&store, SigningAlg::RS256).await.unwrap();
+        assert_eq!(again.active.kid, set.active.kid);
+        assert!(again.active.encoding().is_some());
     }
 }

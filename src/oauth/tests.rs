@@ -326,16 +326,18 @@ async fn restart_keeps_keys_so_old_tokens_validate() {
 }
 
 #[tokio::test]
-async fn es256_tokens_validate() {
-    let store = Arc::new(MemStore::new());
-    let a = authority_on(store, "signing_alg = \"ES256\"").await;
-    let (c, secret) = client(&a).await;
-    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
-    let t = v["access_token"].as_str().unwrap();
-    assert!(check(&a, t, None).is_ok());
-    let header: Value =
-        serde_json::from_slice(&B64.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
-    assert_eq!(header["alg"], "ES256");
+async fn es256_and_rs256_tokens_validate() {
+    for alg in ["ES256", "RS256"] {
+        let store = Arc::new(MemStore::new());
+        let a = authority_on(store, &format!("signing_alg = \"{alg}\"")).await;
+        let (c, secret) = client(&a).await;
+        let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+        let t = v["access_token"].as_str().unwrap();
+        assert!(check(&a, t, None).is_ok(), "{alg}");
+        let header: Value =
+            serde_json::from_slice(&B64.decode(t.split('.').next().unwrap()).unwrap()).unwrap();
+        assert_eq!(header["alg"], alg);
+    }
 }
 
 #[path = "endpoint_tests.rs"]
