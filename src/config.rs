@@ -66,6 +66,19 @@ pub struct ProxyConfig {
     pub max_replay_body_bytes: u64,
     /// Seconds to wait for the upstream's response headers (504 after).
     pub upstream_timeout_seconds: u64,
+    /// Seconds to wait for a TCP (and TLS) connection to an upstream (502 after).
+    pub upstream_connect_timeout_seconds: u64,
+    /// A streamed body (either way) with no data for this long is cut.
+    pub stream_idle_timeout_seconds: u64,
+    /// A client gets this long to send its request headers.
+    pub header_read_timeout_seconds: u64,
+    /// Largest request head accepted (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Connections served at once on this listener; more wait in the backlog.
+    pub max_connections: usize,
+    /// Extra CA certificates (PEM) trusted for upstreams and OAuth providers,
+    /// besides the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
 }
@@ -78,6 +91,12 @@ impl Default for ProxyConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_replay_body_bytes: DEFAULT_MAX_REPLAY_BODY_BYTES,
             upstream_timeout_seconds: 60,
+            upstream_connect_timeout_seconds: 10,
+            stream_idle_timeout_seconds: 300,
+            header_read_timeout_seconds: 30,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            upstream_ca_file: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -491,6 +510,18 @@ impl Config {
             || self.oauth.default_token_minutes > self.oauth.max_token_minutes
         {
             return invalid("oauth.default_token_minutes must be 1..=max_token_minutes".into());
+        }
+        let p = &self.proxy;
+        if p.upstream_timeout_seconds == 0
+            || p.upstream_connect_timeout_seconds == 0
+            || p.stream_idle_timeout_seconds == 0
+            || p.header_read_timeout_seconds == 0
+            || p.max_connections == 0
+        {
+            return invalid("proxy timeouts and max_connections must be at least 1".into());
+        }
+        if p.max_header_bytes < 8192 {
+            return invalid("proxy.max_header_bytes must be at least 8192".into());
         }
         if self.store.sync_interval_seconds == 0 {
             return invalid("store.sync_interval_seconds must be at least 1".into());

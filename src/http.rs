@@ -97,3 +97,108 @@ where
         Ok(Ok(_))
     )
 }
+
+pin_project_lite::pin_project! {
+    /// A streamed body that fails when no frame arrives for `idle`: a stalled
+    /// peer cannot hold a connection and its buffers forever.
+    pub struct IdleTimeout<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: std::time::Duration,
+    }
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, idle: std::time::Duration) -> Self {
+        IdleTimeout {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+/// The error a stalled stream ends with.
+#[derive(Debug)]
+pub struct StreamIdle;
+
+impl std::fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stream idle timeout")
+    }
+}
+
+impl std::error::Error for StreamIdle {}
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdle)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_stream_is_cut_and_active_one_is_not() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let mut body = Box::pin(IdleTimeout::new(body, Duration::from_secs(5)));
+        tx.send(Ok(http_body::Frame::data(Bytes::from("a"))))
+            .await
+            .unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        tx.send(Ok(http_body::Frame::data(Bytes::from("b"))))
+            .await
+            .unwrap();
+        assert!(
+            body.frame().await.unwrap().is_ok(),
+            "activity resets the timer"
+        );
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<StreamIdle>());
+        drop(tx);
+    }
+
+    fn tokio_stream_from<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}

@@ -32,7 +32,17 @@ mod tests {
     #[test]
     fn refuses_everything_else() {
         for id in [
-            "", "_credgate", "-a", "A", "a/b", "..", "a.b", "a%2e", "a\0", "é", " a",
+            "",
+            "_credgate",
+            "-a",
+            "A",
+            "a/b",
+            "..",
+            "a.b",
+            "a%2e",
+            "a\0",
+            "é",
+            " a",
             &"a".repeat(64),
         ] {
             assert!(validate(id).is_err(), "{id:?}");

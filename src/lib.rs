@@ -21,6 +21,7 @@
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
 //! - [`admin`]: the admin API.
+//! - [`tls`]: rustls server (reloading certificates) and client configs.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`state`]: `AppState`, built once and passed explicitly.
 
@@ -41,4 +42,5 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod upstream;

@@ -113,7 +113,9 @@ async fn serve(config: Config, admin_token: Option<SecretString>) -> anyhow::Res
             .await
             .context("starting credgate")?,
     );
-    let listeners = Listeners::bind(&state).await.context("binding listeners")?;
+    let listeners = Listeners::bind(&state.config)
+        .await
+        .context("binding listeners")?;
     tracing::info!(
         proxy = %listeners.proxy.local_addr()?,
         ops = %listeners.ops.local_addr()?,

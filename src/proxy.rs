@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use crate::config::{Inject, InjectMode};
 use crate::credentials::Cached;
 use crate::error::ProxyError;
-use crate::http::{Body, drain, full, read_body};
+use crate::http::{Body, IdleTimeout, drain, full, read_body};
 use crate::ids;
 use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
@@ -137,15 +137,18 @@ async fn forward(
     let first_body = match (&kept, stream) {
         (Some(b), _) => full(b.clone()),
         (None, None) => crate::http::empty(),
-        (None, Some(body)) => Limited::new(body, limit as usize)
-            .map_err(move |e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    Box::new(BodyTooLarge(limit)) as crate::http::BoxError
-                } else {
-                    e
-                }
-            })
-            .boxed_unsync(),
+        (None, Some(body)) => Limited::new(
+            IdleTimeout::new(body, state.upstream.idle_timeout()),
+            limit as usize,
+        )
+        .map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Box::new(BodyTooLarge(limit)) as crate::http::BoxError
+            } else {
+                e
+            }
+        })
+        .boxed_unsync(),
     };
     let resp = send(state, route, Request::from_parts(parts, first_body)).await?;
     if resp.status() != StatusCode::UNAUTHORIZED {

@@ -1,10 +1,12 @@
 //! Listeners: the proxy (OAuth, admin, proxied traffic) and ops ports,
-//! HTTP/1.1 and h2c through hyper-util's auto builder, graceful shutdown with
-//! a drain limit.
+//! HTTP/1.1 and HTTP/2 (h2c, or ALPN h2 with TLS) through hyper-util's auto
+//! builder, a cap on concurrent connections, header size and read-time
+//! limits, graceful shutdown with a drain limit.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,32 +15,94 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+use crate::config::Config;
 use crate::error::ProxyError;
 use crate::http::{Body, request_id};
 use crate::state::AppState;
+use crate::tls::{self, ReloadingCert, TlsError};
 use crate::upstream::X_REQUEST_ID;
 use crate::{admin, ops, proxy};
 
-/// A slow client gets this long to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A TLS handshake must finish within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// A bound socket and how to serve it.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<(TlsAcceptor, Arc<ReloadingCert>)>,
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
 
 pub struct Listeners {
-    pub proxy: TcpListener,
-    pub ops: TcpListener,
+    pub proxy: Listener,
+    pub ops: Listener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("bind {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+async fn bind_one(
+    addr: SocketAddr,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Listener, BindError> {
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => {
+            let cert = Arc::new(ReloadingCert::load(c, k)?);
+            let acceptor = TlsAcceptor::from(tls::server_config(cert.clone())?);
+            Some((acceptor, cert))
+        }
+        _ => None,
+    };
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError::Io { addr, source })?;
+    Ok(Listener { tcp, tls })
 }
 
 impl Listeners {
-    pub async fn bind(state: &AppState) -> std::io::Result<Self> {
+    pub async fn bind(config: &Config) -> Result<Self, BindError> {
+        let (p, o) = (&config.proxy, &config.ops);
         Ok(Listeners {
-            proxy: TcpListener::bind(state.config.proxy.listen).await?,
-            ops: TcpListener::bind(state.config.ops.listen).await?,
+            proxy: bind_one(p.listen, p.tls_cert.as_deref(), p.tls_key.as_deref()).await?,
+            ops: bind_one(o.listen, o.tls_cert.as_deref(), o.tls_key.as_deref()).await?,
         })
     }
+}
+
+/// Limits applied to every connection of a listener.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
 }
 
 /// Serves both listeners until `shutdown` turns true, then stops accepting
@@ -48,23 +112,36 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let p = &state.config.proxy;
+    let limits = Limits {
+        max_connections: p.max_connections,
+        header_read_timeout: Duration::from_secs(p.header_read_timeout_seconds),
+        max_header_bytes: p.max_header_bytes,
+    };
+    for l in [&listeners.proxy, &listeners.ops] {
+        if let Some((_, cert)) = &l.tls {
+            tokio::spawn(watch_cert(cert.clone(), shutdown.clone()));
+        }
+    }
+    let graceful = GracefulShutdown::new();
     let proxy_state = state.clone();
     let proxy = accept_loop(
         listeners.proxy,
-        graceful.clone(),
+        limits,
+        &graceful,
         shutdown.clone(),
-        move |req, peer| {
+        move |req, conn| {
             let state = proxy_state.clone();
-            async move { Ok::<_, Infallible>(handle_proxy(&state, req, peer).await) }
+            async move { Ok::<_, Infallible>(handle_proxy(&state, req, conn).await) }
         },
     );
     let ops_state = state.clone();
     let ops = accept_loop(
         listeners.ops,
-        graceful.clone(),
+        limits,
+        &graceful,
         shutdown.clone(),
-        move |req, _peer| {
+        move |req, _conn| {
             let state = ops_state.clone();
             async move { Ok::<_, Infallible>(ops::handle(&state, req).await) }
         },
@@ -72,7 +149,6 @@ pub async fn serve(
     tokio::try_join!(proxy, ops)?;
 
     let drain = Duration::from_secs(state.config.shutdown.drain_seconds);
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(drain) => tracing::warn!("drain limit reached; closing remaining connections"),
@@ -80,24 +156,54 @@ pub async fn serve(
     Ok(())
 }
 
+/// Picks up a renewed certificate without a restart.
+async fn watch_cert(cert: Arc<ReloadingCert>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(tls::CERT_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        match cert.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "new TLS certificate refused; keeping the old one")
+            }
+        }
+    }
+}
+
 async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    graceful: Arc<GracefulShutdown>,
+    listener: Listener,
+    limits: Limits,
+    graceful: &GracefulShutdown,
     mut shutdown: watch::Receiver<bool>,
     handler: F,
 ) -> std::io::Result<()>
 where
-    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, ConnInfo) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes.try_into().unwrap_or(u32::MAX));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tls = listener.tls.map(|(acceptor, _)| acceptor);
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("semaphore never closed"),
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.tcp.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -110,26 +216,51 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let svc = service_fn(move |req| handler(req, peer));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let builder = builder.clone();
+        // Registered now, so shutdown waits for this connection's handshake too.
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with error");
+            let _slot = slot;
+            let conn = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+            };
+            let svc = service_fn(move |req| handler(req, conn));
+            match tls {
+                None => serve_conn(&builder, watcher, stream, svc).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
 }
 
+async fn serve_conn<I, S>(builder: &Builder<TokioExecutor>, watcher: Watcher, io: I, svc: S)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with error");
+    }
+}
+
 /// Dispatch on the proxy port: credgate's own endpoints first, then routes.
-async fn handle_proxy(
-    state: &AppState,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
+async fn handle_proxy(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
     let rid = request_id(req.headers());
     let span = tracing::info_span!("request", request_id = ?rid, method = %req.method(), path = %req.uri().path());
-    let mut resp = dispatch(state, req, peer, &rid).instrument(span).await;
+    let mut resp = dispatch(state, req, conn, &rid).instrument(span).await;
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     resp
 }
@@ -137,7 +268,7 @@ async fn handle_proxy(
 async fn dispatch(
     state: &AppState,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    conn: ConnInfo,
     rid: &http::HeaderValue,
 ) -> Response<Body> {
     let path = req.uri().path();
@@ -145,7 +276,7 @@ async fn dispatch(
         let started = Instant::now();
         let resp = match state
             .authority
-            .handle(req, peer, rid.to_str().unwrap_or(""))
+            .handle(req, conn.peer, rid.to_str().unwrap_or(""))
             .await
         {
             Some(r) => r,
@@ -153,8 +284,9 @@ async fn dispatch(
         };
         state.finish("oauth", started, resp)
     } else if path == "/api/admin" || path.starts_with("/api/admin/") {
-        admin::handle(state, req, peer, rid).await
+        admin::handle(state, req, conn.peer, rid).await
     } else {
-        proxy::handle(state, req, peer, "http", rid).await
+        let proto = if conn.tls { "https" } else { "http" };
+        proxy::handle(state, req, conn.peer, proto, rid).await
     }
 }

@@ -19,7 +19,7 @@ use crate::ratelimit::RateLimits;
 use crate::refresh::Refresher;
 use crate::routes::Routes;
 use crate::store::{self, Store, StoreError};
-use crate::upstream;
+use crate::{tls, upstream};
 
 pub struct AppState {
     pub config: Arc<Config>,
@@ -66,8 +66,16 @@ impl AppState {
         let authority =
             Arc::new(Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?);
         let routes = Routes::from_config(&config);
-        let refresher = Refresher::new(&config, store.clone(), metrics.clone(), audit.clone())
-            .map_err(StartError::Config)?;
+        let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        let refresher = Refresher::new(
+            &config,
+            tls_client.clone(),
+            store.clone(),
+            metrics.clone(),
+            audit.clone(),
+        )
+        .map_err(StartError::Config)?;
         let credentials = Arc::new(Credentials::new(
             store.clone(),
             Arc::new(refresher),
@@ -78,9 +86,7 @@ impl AppState {
             rate_limits: RateLimits::new(&config.rate_limit),
             inject_headers: crate::proxy::inject_headers(&routes),
             routes,
-            upstream: upstream::Client::new(Duration::from_secs(
-                config.proxy.upstream_timeout_seconds,
-            )),
+            upstream: upstream::Client::new(&config.proxy, tls_client.clone()),
             config: Arc::new(config),
             store,
             metrics,

@@ -8,12 +8,14 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::config::ProxyConfig;
 use crate::error::ProxyError;
-use crate::http::{Body, BoxError};
+use crate::http::{Body, IdleTimeout};
 use crate::routes::Route;
 
 /// Request headers the caller may not pass on (RFC 9110 §7.6.1 hop-by-hop,
@@ -48,25 +50,40 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The pooled HTTP client for all upstreams.
+/// The pooled HTTP(S) client for all upstreams.
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<HttpConnector, Body>,
+    inner: HyperClient<HttpsConnector<HttpConnector>, Body>,
     response_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Client {
-    pub fn new(response_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    pub fn new(proxy: &ProxyConfig, tls: rustls::ClientConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(
+            proxy.upstream_connect_timeout_seconds,
+        )));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
         Client {
             inner,
-            response_timeout,
+            response_timeout: Duration::from_secs(proxy.upstream_timeout_seconds),
+            idle_timeout: Duration::from_secs(proxy.stream_idle_timeout_seconds),
         }
+    }
+
+    /// How long a streamed body may stay silent.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Sends the request; errors are already classified for the caller.
@@ -81,7 +98,7 @@ impl Client {
         strip_hop_by_hop(&mut parts.headers, STRIP_RESPONSE);
         Ok(Response::from_parts(
             parts,
-            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+            IdleTimeout::new(body, self.idle_timeout).boxed_unsync(),
         ))
     }
 }

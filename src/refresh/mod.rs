@@ -124,6 +124,7 @@ pub struct Refresher {
 impl Refresher {
     pub fn new(
         config: &Config,
+        tls: rustls::ClientConfig,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         audit: Arc<Audit>,
@@ -152,6 +153,7 @@ impl Refresher {
             );
         }
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             // RFC 6749 token endpoints do not redirect; following one could leak the secret.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PROVIDER_TIMEOUT)
