@@ -6,6 +6,7 @@
 //! Callers validate identifiers before building paths (see [`crate::ids`]).
 
 pub mod embedded;
+pub mod vault;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,9 +123,7 @@ pub trait Store: Send + Sync + 'static {
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {
         StoreBackend::Embedded => Ok(Arc::new(embedded::EmbeddedStore::open(config)?)),
-        StoreBackend::Vault => Err(StoreError::Refused(
-            "the vault backend is not built yet; use backend = \"embedded\"".into(),
-        )),
+        StoreBackend::Vault => Ok(Arc::new(vault::VaultStore::open(&config.vault).await?)),
     }
 }
 
