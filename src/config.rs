@@ -76,6 +76,9 @@ pub struct ProxyConfig {
     pub max_header_bytes: usize,
     /// Connections served at once on this listener; more wait in the backlog.
     pub max_connections: usize,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when checking a
+    /// client's `allowedIps`; otherwise the peer address counts.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Extra CA certificates (PEM) trusted for upstreams and OAuth providers,
     /// besides the system roots.
     pub upstream_ca_file: Option<PathBuf>,
@@ -96,6 +99,7 @@ impl Default for ProxyConfig {
             header_read_timeout_seconds: 30,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            trusted_proxies: Vec::new(),
             upstream_ca_file: None,
             tls_cert: None,
             tls_key: None,
@@ -281,7 +285,7 @@ impl Default for RateLimit {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     pub default: RateLimit,

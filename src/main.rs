@@ -63,10 +63,11 @@ fn main() -> ExitCode {
             config,
             admin_token,
         } => {
-            let config = match Config::load(&config) {
+            let config_path = config;
+            let config = match Config::load(&config_path) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("credgate: {}: {e}", config.display());
+                    eprintln!("credgate: {}: {e}", config_path.display());
                     return ExitCode::FAILURE;
                 }
             };
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, admin_token)) {
+            match runtime.block_on(serve(config, config_path, admin_token)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -102,7 +103,11 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn serve(config: Config, admin_token: Option<SecretString>) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    config_path: PathBuf,
+    admin_token: Option<SecretString>,
+) -> anyhow::Result<()> {
     if admin_token.is_none() {
         tracing::warn!(
             "CREDGATE_ADMIN_TOKEN is not set: only admin-scoped client tokens can use the admin API"
@@ -137,9 +142,10 @@ async fn serve(config: Config, admin_token: Option<SecretString>) -> anyhow::Res
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
-            limits.rate_limits.evict_idle();
+            limits.live.load().rate_limits.evict_idle();
         }
     });
+    tokio::spawn(reload_on_sighup(state.clone(), config_path));
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining");
@@ -148,6 +154,30 @@ async fn serve(config: Config, admin_token: Option<SecretString>) -> anyhow::Res
     server::serve(state, listeners, stop_rx).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: re-read the config file; a bad one is logged and the running
+/// config kept.
+async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| state.reload(&c))
+        {
+            Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(restart) => tracing::warn!(
+                needs_restart = ?restart,
+                "configuration reloaded; some changed settings apply only after a restart"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "new configuration refused; keeping the running one")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

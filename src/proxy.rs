@@ -2,7 +2,7 @@
 //! route → authenticate → tenant → authorize → rate limit → credential →
 //! inject → forward.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,8 +18,8 @@ use crate::http::{Body, IdleTimeout, drain, full, read_body};
 use crate::ids;
 use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
-use crate::state::AppState;
-use crate::upstream::{self, Forward, X_TENANT_ID};
+use crate::state::{AppState, Live};
+use crate::upstream::{self, Forward, X_FORWARDED_FOR, X_TENANT_ID};
 
 /// Marker error: the streamed request body passed `max_body_bytes`.
 #[derive(Debug)]
@@ -47,7 +47,8 @@ pub async fn handle(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host());
-    let Some(route) = state.routes.find(host, req.uri().path()) else {
+    let live = state.live.load();
+    let Some(route) = live.routes.find(host, req.uri().path()) else {
         return state.finish(
             "none",
             started,
@@ -56,7 +57,11 @@ pub async fn handle(
     };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = match forward(state, route, parts, &mut body, peer, proto, request_id).await {
+    let resp = match forward(
+        state, &live, route, parts, &mut body, peer, proto, request_id,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             let drained = match body {
@@ -80,8 +85,10 @@ fn error_response(e: ProxyError, request_id: &HeaderValue) -> Response<Body> {
 
 /// `body` is taken once the request is cleared to go upstream; until then an
 /// error leaves it for the caller to drain.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
+    live: &Live,
     route: &Route,
     parts: http::request::Parts,
     body: &mut Option<Incoming>,
@@ -97,8 +104,18 @@ async fn forward(
     )?;
     let tenant = resolve_tenant(&principal, &parts.headers)?;
     authorize(&principal, route)?;
-    state
-        .rate_limits
+    let client_ip = client_ip(
+        peer.ip(),
+        &parts.headers,
+        &state.config.proxy.trusted_proxies,
+    );
+    if !principal.client.allows_ip(client_ip) {
+        return Err(ProxyError::Forbidden {
+            message: "Source address not allowed for this client".into(),
+            details: serde_json::json!({ "ip": client_ip.to_string() }),
+        });
+    }
+    live.rate_limits
         .check(&tenant, &principal.client_id)
         .inspect_err(|_| state.metrics.rate_limited_total.inc())?;
 
@@ -115,7 +132,7 @@ async fn forward(
             peer,
             proto,
             request_id,
-            credential: inject(state, route, &credential),
+            credential: inject(live, route, &credential),
         },
     )?;
 
@@ -172,7 +189,7 @@ async fn forward(
         .credentials
         .refresh_after_unauthorized(&tenant, &route.integration, credential.version)
         .await?;
-    let (name, value) = inject(state, route, &fresh);
+    let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);
     let mut retry = Request::new(full(kept.unwrap_or_default()));
     *retry.method_mut() = method;
@@ -182,11 +199,11 @@ async fn forward(
 }
 
 /// The header and value that carry the route's credential.
-fn inject<'a>(state: &'a AppState, route: &Route, c: &Cached) -> (&'a HeaderName, HeaderValue) {
+fn inject<'a>(live: &'a Live, route: &Route, c: &Cached) -> (&'a HeaderName, HeaderValue) {
     match &route.inject {
         Inject::Mode(InjectMode::Bearer) => (&header::AUTHORIZATION, c.bearer.clone()),
         Inject::Mode(InjectMode::Basic) => (&header::AUTHORIZATION, c.basic.clone()),
-        Inject::Header { .. } => (state.inject_header(route.index), c.raw.clone()),
+        Inject::Header { .. } => (live.inject_header(route.index), c.raw.clone()),
     }
 }
 
@@ -257,6 +274,28 @@ fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The caller's address: the peer, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` entry that is not itself trusted.
+fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops: Vec<IpAddr> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    while let Some(ip) = hops.pop() {
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    peer
+}
+
 /// Header names for `inject = { header = … }`, parsed once per route.
 pub fn inject_headers(routes: &crate::routes::Routes) -> Vec<HeaderName> {
     routes
@@ -268,4 +307,31 @@ pub fn inject_headers(routes: &crate::routes::Routes) -> Vec<HeaderName> {
             Inject::Mode(_) => header::AUTHORIZATION,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR.clone(),
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.1.1.1"),
+        );
+        let outside: IpAddr = "192.0.2.1".parse().unwrap();
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_ip(outside, &h, &trusted),
+            outside,
+            "untrusted peer: XFF ignored"
+        );
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(proxy, &http::HeaderMap::new(), &trusted), proxy);
+    }
 }

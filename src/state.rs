@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 use crate::audit::Audit;
-use crate::config::Config;
+use crate::config::{Config, RateLimitConfig};
 use crate::credentials::Credentials;
 use crate::http::Body;
 use crate::metrics::Metrics;
@@ -20,17 +20,48 @@ use crate::refresh::Refresher;
 use crate::routes::Routes;
 use crate::store::{self, Store, StoreError};
 use crate::{tls, upstream};
+use arc_swap::ArcSwap;
 
-pub struct AppState {
-    pub config: Arc<Config>,
+/// What SIGHUP reloads without dropping connections: routes, the headers
+/// they inject into, and rate limits. (Integrations live in the refresher.)
+pub struct Live {
     pub routes: Routes,
     inject_headers: Vec<HeaderName>,
+    rate_limit_config: RateLimitConfig,
+    pub rate_limits: Arc<RateLimits>,
+}
+
+impl Live {
+    fn new(config: &Config, previous: Option<&Live>) -> Self {
+        let routes = Routes::from_config(config);
+        // Unchanged limits keep their buckets: a reload is no free burst.
+        let rate_limits = match previous {
+            Some(p) if p.rate_limit_config == config.rate_limit => p.rate_limits.clone(),
+            _ => Arc::new(RateLimits::new(&config.rate_limit)),
+        };
+        Live {
+            inject_headers: crate::proxy::inject_headers(&routes),
+            routes,
+            rate_limit_config: config.rate_limit.clone(),
+            rate_limits,
+        }
+    }
+
+    /// The header a route injects its credential into.
+    pub fn inject_header(&self, route_index: usize) -> &HeaderName {
+        &self.inject_headers[route_index]
+    }
+}
+
+pub struct AppState {
+    /// The configuration credgate started with; reloadable parts are in `live`.
+    pub config: Arc<Config>,
+    pub live: ArcSwap<Live>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     pub authority: Arc<Authority>,
     pub credentials: Arc<Credentials>,
-    pub rate_limits: RateLimits,
     pub upstream: upstream::Client,
     admin_token: Option<SecretString>,
 }
@@ -65,7 +96,6 @@ impl AppState {
         let audit = Arc::new(Audit::open(&config.audit.path)?);
         let authority =
             Arc::new(Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?);
-        let routes = Routes::from_config(&config);
         let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())
             .map_err(|e| StartError::Config(e.to_string()))?;
         let refresher = Refresher::new(
@@ -83,9 +113,7 @@ impl AppState {
             &metrics,
         ));
         Ok(AppState {
-            rate_limits: RateLimits::new(&config.rate_limit),
-            inject_headers: crate::proxy::inject_headers(&routes),
-            routes,
+            live: ArcSwap::from_pointee(Live::new(&config, None)),
             upstream: upstream::Client::new(&config.proxy, tls_client.clone()),
             config: Arc::new(config),
             store,
@@ -97,9 +125,30 @@ impl AppState {
         })
     }
 
-    /// The header a route injects its credential into.
-    pub fn inject_header(&self, route_index: usize) -> &HeaderName {
-        &self.inject_headers[route_index]
+    /// Applies a new, already validated config: routes, rate limits and
+    /// integrations take effect for the next request; in-flight requests and
+    /// open streams keep what they started with. Returns the changed settings
+    /// that need a restart (they are not applied).
+    pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, String> {
+        self.credentials.refresher().reload_providers(new)?;
+        let old = self.live.load();
+        self.live.store(Arc::new(Live::new(new, Some(&old))));
+        self.authority.reload_routes(new);
+        let c = &self.config;
+        let mut restart = Vec::new();
+        if c.proxy.listen != new.proxy.listen || c.ops.listen != new.ops.listen {
+            restart.push("listen addresses");
+        }
+        if c.proxy.public_url != new.proxy.public_url || c.oauth.issuer != new.oauth.issuer {
+            restart.push("public_url / issuer");
+        }
+        if toml::to_string(&c.store).ok() != toml::to_string(&new.store).ok() {
+            restart.push("store");
+        }
+        if toml::to_string(&c.oauth).ok() != toml::to_string(&new.oauth).ok() {
+            restart.push("oauth");
+        }
+        Ok(restart)
     }
 
     /// Whether `token` is the bootstrap admin token (constant time).

@@ -75,7 +75,8 @@ pub(crate) fn protected_resource_path(auth: &Authority, path: &str) -> Option<Va
     if !prefix.starts_with('/') {
         return None;
     }
-    let route = auth.resources.iter().find(|r| r.prefix == prefix);
+    let resources = auth.resources.load();
+    let route = resources.iter().find(|r| r.prefix == prefix);
     let mut doc = json!({
         "authorization_servers": [auth.issuer()],
         "bearer_methods_supported": ["header"],

@@ -30,6 +30,7 @@ mod token;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
 use serde::{Deserialize, Serialize};
@@ -104,11 +105,26 @@ struct Resource {
     scopes: Vec<String>,
 }
 
+/// The protected resources (RFC 9728) the routes of `config` define.
+fn resources_of(config: &Config) -> Vec<Resource> {
+    let public_url = &config.proxy.public_url;
+    config
+        .routes
+        .iter()
+        .map(|r| Resource {
+            prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
+            url: r.resource_url(public_url),
+            scopes: r.required_scopes.clone(),
+        })
+        .collect()
+}
+
 /// The authorization server. Built once at start-up, shared as `Arc`.
 pub struct Authority {
     issuer: Arc<str>,
     oauth: OAuthConfig,
-    resources: Vec<Resource>,
+    /// Swapped whole when the routes are reloaded (SIGHUP).
+    resources: ArcSwap<Vec<Resource>>,
     sync_interval: Duration,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -148,16 +164,7 @@ impl Authority {
         clients.reload().await?;
         let revocations = revoke::Revocations::default();
         revocations.reload(&*store, jwt::unix_now()).await?;
-        let public_url = &config.proxy.public_url;
-        let resources = config
-            .routes
-            .iter()
-            .map(|r| Resource {
-                prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
-                url: r.resource_url(public_url),
-                scopes: r.required_scopes.clone(),
-            })
-            .collect();
+        let resources = ArcSwap::from_pointee(resources_of(config));
         Ok(Authority {
             issuer: config.issuer().into(),
             oauth: config.oauth.clone(),
@@ -181,6 +188,11 @@ impl Authority {
                 .filter(|t| !t.is_empty())
                 .map(|t| jwt::digest(&zeroize::Zeroizing::new(t))),
         })
+    }
+
+    /// Takes the routes of a reloaded config (resource URLs, RFC 9728 documents).
+    pub fn reload_routes(&self, config: &Config) {
+        self.resources.store(Arc::new(resources_of(config)));
     }
 
     pub fn clients(&self) -> &ClientRegistry {

@@ -283,6 +283,7 @@ impl Authority {
             return Ok(self.issuer.clone());
         }
         self.resources
+            .load()
             .iter()
             .find(|res| res.url == trimmed)
             .map(|res| Arc::from(res.url.as_str()))

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
@@ -108,10 +109,39 @@ struct Provider {
 
 type Key = (String, String);
 
+/// The OAuth apps of the configured integrations that can refresh.
+fn providers_of(config: &Config) -> Result<BTreeMap<String, Provider>, String> {
+    let mut providers = BTreeMap::new();
+    for (id, i) in &config.integrations {
+        let (Some(url), Some(client_id)) = (&i.token_url, &i.client_id) else {
+            continue;
+        };
+        let token_url =
+            TokenUrl::new(url.clone()).map_err(|e| format!("integrations.{id}.token_url: {e}"))?;
+        let client_secret = std::env::var(i.client_secret_env(id))
+            .ok()
+            .map(SecretString::from);
+        providers.insert(
+            id.clone(),
+            Provider {
+                token_url,
+                client_id: ClientId::new(client_id.clone()),
+                client_secret,
+                auth: match i.auth_method {
+                    ClientAuthMethod::ClientSecretPost => AuthType::RequestBody,
+                    ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+                },
+            },
+        );
+    }
+    Ok(providers)
+}
+
 pub struct Refresher {
     store: Arc<dyn Store>,
     http: reqwest::Client,
-    providers: BTreeMap<String, Provider>,
+    /// Swapped whole on reload.
+    providers: ArcSwap<BTreeMap<String, Provider>>,
     locks: Mutex<HashMap<Key, Weak<tokio::sync::Mutex<()>>>>,
     /// Names this process in lease records.
     instance: String,
@@ -129,29 +159,7 @@ impl Refresher {
         metrics: Arc<Metrics>,
         audit: Arc<Audit>,
     ) -> Result<Self, String> {
-        let mut providers = BTreeMap::new();
-        for (id, i) in &config.integrations {
-            let (Some(url), Some(client_id)) = (&i.token_url, &i.client_id) else {
-                continue;
-            };
-            let token_url = TokenUrl::new(url.clone())
-                .map_err(|e| format!("integrations.{id}.token_url: {e}"))?;
-            let client_secret = std::env::var(i.client_secret_env(id))
-                .ok()
-                .map(SecretString::from);
-            providers.insert(
-                id.clone(),
-                Provider {
-                    token_url,
-                    client_id: ClientId::new(client_id.clone()),
-                    client_secret,
-                    auth: match i.auth_method {
-                        ClientAuthMethod::ClientSecretPost => AuthType::RequestBody,
-                        ClientAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
-                    },
-                },
-            );
-        }
+        let providers = ArcSwap::from_pointee(providers_of(config)?);
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             // RFC 6749 token endpoints do not redirect; following one could leak the secret.
@@ -170,6 +178,12 @@ impl Refresher {
             due: schedule::DueIndex::default(),
             before_secs: config.refresh.before_seconds as i64,
         })
+    }
+
+    /// Takes the integrations of a reloaded config.
+    pub fn reload_providers(&self, config: &Config) -> Result<(), String> {
+        self.providers.store(Arc::new(providers_of(config)?));
+        Ok(())
     }
 
     /// The scheduled-refresh index.
@@ -320,8 +334,8 @@ impl Refresher {
             .refresh_token
             .as_ref()
             .ok_or(RefreshError::Reauthorization)?;
-        let p = self
-            .providers
+        let providers = self.providers.load();
+        let p = providers
             .get(integration)
             .ok_or(RefreshError::Reauthorization)?;
         let mut client = BasicClient::new(p.client_id.clone())
