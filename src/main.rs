@@ -38,6 +38,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Make a new signing key the active one (old keys stay published).
+    /// Running replicas pick it up within `store.sync_interval_seconds`.
+    RotateSigningKey {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Print the version.
     Version,
 }
@@ -48,6 +54,26 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("credgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::RotateSigningKey { config } => {
+            let result = Config::load(&config)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))
+                .and_then(|c| {
+                    tokio::runtime::Runtime::new()?.block_on(async {
+                        let state = AppState::build(c, None).await?;
+                        Ok(state.authority.rotate_signing_key().await?)
+                    })
+                });
+            match result {
+                Ok(kid) => {
+                    println!("active signing key: {kid}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => {
@@ -94,8 +120,10 @@ fn main() -> ExitCode {
 fn init_tracing(config: &Config) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

@@ -61,6 +61,17 @@ async fn dispatch(
         .trim_end_matches('/');
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match segments.as_slice() {
+        ["oauth", "signing-keys", "rotate"] if parts.method == http::Method::POST => {
+            let kid = state
+                .authority
+                .rotate_signing_key()
+                .await
+                .map_err(|e| crate::credentials::store_error(&e))?;
+            Ok(crate::http::json_response(
+                http::StatusCode::OK,
+                &serde_json::json!({ "success": true, "message": "Signing key rotated", "kid": &*kid }),
+            ))
+        }
         ["oauth", "clients", rest @ ..] => {
             clients::handle(&state.authority, &parts.method, rest, body, &actor).await
         }

@@ -351,6 +351,34 @@ pub(crate) async fn load_or_create(
     Err(StoreError::Conflict)
 }
 
+/// Makes a new key of `alg` the active one; the old keys stay published so
+/// tokens they signed keep validating. Returns the new key set.
+pub(crate) async fn rotate(store: &dyn Store, alg: SigningAlg) -> Result<KeySet, StoreError> {
+    let wanted = wanted_alg(alg)?;
+    for _ in 0..5 {
+        let cas = match read_active_kid(store).await? {
+            Some((_, version)) => Cas::Version(version),
+            None => Cas::Absent,
+        };
+        let new = create_key(store, wanted).await?;
+        match store
+            .write(ACTIVE_PATH, pointer(&new.kid), BTreeMap::new(), cas)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(kid = %new.kid, "signing key rotated");
+                return complete(store, Arc::new(new), None).await;
+            }
+            Err(StoreError::Conflict) => {
+                // A concurrent rotation won; retry on top of it.
+                store.delete(&key_path(&new.kid)).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
 /// Adds every other stored key (public half only) to `active`, reusing keys
 /// already in `known` (keys never change once written).
 async fn complete(
@@ -405,6 +433,23 @@ pub(crate) async fn reload(
 mod tests {
     use super::*;
     use crate::oauth::testing::MemStore;
+
+    #[tokio::test]
+    async fn rotation_activates_a_new_key_and_keeps_the_old() {
+        let store = MemStore::default();
+        let first = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        let rotated = rotate(&store, SigningAlg::EdDSA).await.unwrap();
+        assert_ne!(first.active.kid, rotated.active.kid);
+        assert!(
+            rotated.get(&first.active.kid).is_some(),
+            "old key still published"
+        );
+        let again = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        assert_eq!(
+            again.active.kid, rotated.active.kid,
+            "a restart keeps the rotation"
+        );
+    }
 
     #[tokio::test]
     async fn first_start_creates_and_restart_keeps_the_key() {

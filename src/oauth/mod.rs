@@ -43,7 +43,7 @@ pub use registration::{
 };
 pub use registry::{ClientError, ClientRegistry};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, AuditKind};
 use crate::config::{Config, OAuthConfig};
 use crate::error::{AuthFailure, OAuthError, OAuthErrorCode, ProxyError};
 use crate::http::{Body, BoxError};
@@ -188,6 +188,23 @@ impl Authority {
                 .filter(|t| !t.is_empty())
                 .map(|t| jwt::digest(&zeroize::Zeroizing::new(t))),
         })
+    }
+
+    /// Signs new tokens with a fresh key from now on; older keys stay in the
+    /// JWKS. Other replicas pick the new key up at their next sync.
+    pub async fn rotate_signing_key(&self) -> Result<Arc<str>, StoreError> {
+        let next = keys::rotate(&*self.store, self.oauth.signing_alg).await?;
+        let kid = next.active.kid.clone();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.changes.announce(&*self.store).await;
+        self.audit.record(
+            AuditKind::SigningKeyRotated,
+            crate::audit::AuditEvent {
+                reason: Some("rotated"),
+                ..Default::default()
+            },
+        );
+        Ok(kid)
     }
 
     /// Takes the routes of a reloaded config (resource URLs, RFC 9728 documents).
