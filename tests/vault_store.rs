@@ -1020,7 +1020,8 @@ async fn sealed_or_killed_vault_is_unavailable_then_recovers() {
         std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
         std::fs::write(dir.path().join("tls.key"), &key).unwrap();
         let ca_file = write_file(dir.path(), "ca.pem", &ca);
-        let (port, cluster_port) = (openbao::free_port(), openbao::free_port());
+        let port = openbao::free_port_pair();
+        let cluster_port = port + 1;
         let conf = production_config(dir.path(), port, cluster_port);
         let addr = format!("https://127.0.0.1:{port}");
         let mut bao = Bao::with_config(&conf, addr.clone(), ca.as_bytes(), dir).await;
@@ -1170,7 +1171,7 @@ async fn an_unreachable_or_silent_vault_fails_fast_and_does_not_block_open() {
 #[tokio::test]
 async fn a_store_opened_before_vault_starts_logs_in_once_it_is_up() {
     bounded(async {
-        let port = openbao::free_port();
+        let port = openbao::free_port_pair();
         let dir = tempfile::tempdir().unwrap();
         let (role_id, secret_id) = (unique("role"), unique("secret"));
         let (kv, transit) = (unique("kv"), unique("transit"));

@@ -8,6 +8,7 @@ import base64
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -30,11 +31,24 @@ def _bao_bin() -> str:
     return found
 
 
+def _free_port_pair() -> int:
+    """A free port whose successor is free too (a dev server's cluster address)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no two adjacent free ports on 127.0.0.1")
+
+
 class OpenBao:
     """`bao server -dev` on a free 127.0.0.1 port with a random root token."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
+        self.port = _free_port_pair()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = secrets.token_urlsafe(24)
         self.log = workdir / "bao.log"

@@ -46,6 +46,21 @@ pub(crate) fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free port whose successor is free too: a dev server also listens on
+/// `port + 1` (its cluster address).
+pub(crate) fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let Ok(first) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let port = first.local_addr().expect("local addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no two adjacent free ports on 127.0.0.1");
+}
+
 /// A random suffix for mount and object names.
 pub(crate) fn unique(prefix: &str) -> String {
     format!(
@@ -157,11 +172,24 @@ impl Bao {
 
     /// A fresh in-memory dev server (KV v2 at `secret/`).
     pub(crate) async fn dev() -> Bao {
-        Bao::dev_on(free_port()).await
+        // Another test may take one of our ports between probing and binding.
+        for _ in 0..4 {
+            if let Ok(bao) = Bao::try_dev_on(free_port_pair()).await {
+                return bao;
+            }
+        }
+        Bao::dev_on(free_port_pair()).await
     }
 
-    /// A fresh dev server on a given port.
+    /// A fresh dev server on a given port (and `port + 1`).
     pub(crate) async fn dev_on(port: u16) -> Bao {
+        Bao::try_dev_on(port)
+            .await
+            .unwrap_or_else(|log| panic!("bao could not bind its ports:\n{log}"))
+    }
+
+    /// A fresh dev server, or its log if a port was taken.
+    async fn try_dev_on(port: u16) -> Result<Bao, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let token = unique("root");
         let args = vec![
@@ -180,8 +208,8 @@ impl Bao {
             log: dir.path().join("bao.log"),
             _dir: Some(dir),
         };
-        bao.start(&[200]).await;
-        bao
+        bao.start(&[200]).await?;
+        Ok(bao)
     }
 
     /// A server from a config file, over TLS trusted by `ca_pem`; waits until
@@ -202,12 +230,15 @@ impl Bao {
             log: dir.path().join("bao.log"),
             _dir: Some(dir),
         };
-        bao.start(&[200, 501, 503]).await;
+        bao.start(&[200, 501, 503])
+            .await
+            .unwrap_or_else(|log| panic!("bao could not bind its ports:\n{log}"));
         bao
     }
 
-    /// Starts the process and waits for `sys/health` to answer one of `ok`.
-    async fn start(&mut self, ok: &[u16]) {
+    /// Starts the process and waits for `sys/health` to answer one of `ok`;
+    /// the log if it exited because a port was taken.
+    async fn start(&mut self, ok: &[u16]) -> Result<(), String> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -228,16 +259,28 @@ impl Bao {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let (code, _) = self.call(None, "GET", "sys/health", None).await;
-            if ok.contains(&code) {
-                return;
-            }
-            if let Some(status) = self
+            let exited = self
                 .child
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                let log = self.log_text();
+                if log.contains("address already in use") {
+                    return Err(log);
+                }
+                panic!("bao exited with {status}:\n{log}");
+            }
+            // (Checked after the exit test, so another test's server on a
+            // stolen port is never taken for ours.)
+            let (code, _) = self.call(None, "GET", "sys/health", None).await;
+            if ok.contains(&code)
+                && self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
             {
-                panic!("bao exited with {status}:\n{}", self.log_text());
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -263,7 +306,9 @@ impl Bao {
     /// Starts the same server again (a dev server comes back empty).
     pub(crate) async fn restart(&mut self, ok: &[u16]) {
         self.kill();
-        self.start(ok).await;
+        self.start(ok)
+            .await
+            .unwrap_or_else(|log| panic!("bao could not bind its ports again:\n{log}"));
     }
 
     /// A Vault API call with the root token.
