@@ -81,9 +81,16 @@ fn parse(body: &Bytes, actor: &str) -> Result<Credential, ProxyError> {
             ));
         }
     }
+    // Past the year 9999 `OffsetDateTime` cannot count: refuse, never panic.
     let expires_at = b
         .expires_in
-        .map(|s| now + time::Duration::seconds(s.min(i64::MAX as u64 / 2) as i64));
+        .map(|s| {
+            i64::try_from(s)
+                .ok()
+                .and_then(|s| now.checked_add(time::Duration::seconds(s)))
+                .ok_or_else(|| ProxyError::bad_request("expires_in is out of range"))
+        })
+        .transpose()?;
     let auto_refresh = b
         .auto_refresh
         .unwrap_or(b.refresh_token.is_some() && expires_at.is_some());
