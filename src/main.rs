@@ -44,6 +44,14 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Re-encrypt a tenant's credentials under the newest version of its key,
+    /// after the key was rotated in Vault Transit.
+    Rewrap {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+    },
     /// Print the version.
     Version,
 }
@@ -67,6 +75,29 @@ fn main() -> ExitCode {
             match result {
                 Ok(kid) => {
                     println!("active signing key: {kid}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credgate: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Rewrap { config, tenant } => {
+            let result = credgate::ids::validate(&tenant)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| {
+                    Config::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))
+                })
+                .and_then(|c| {
+                    tokio::runtime::Runtime::new()?.block_on(async {
+                        let store = credgate::store::open(&c.store).await?;
+                        Ok(store.rewrap_tenant(&tenant).await?)
+                    })
+                });
+            match result {
+                Ok(n) => {
+                    println!("rewrapped {n} credential record(s) of {tenant}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -72,6 +72,22 @@ async fn dispatch(
                 &serde_json::json!({ "success": true, "message": "Signing key rotated", "kid": &*kid }),
             ))
         }
+        ["tenants", tenant, "rewrap"] if parts.method == http::Method::POST => {
+            let tenant = crate::ids::validate(tenant)
+                .map_err(|e| ProxyError::bad_request(format!("tenant: {e}")))?;
+            let n = state
+                .store
+                .rewrap_tenant(tenant)
+                .await
+                .map_err(|e| match e {
+                    crate::store::StoreError::Refused(m) => ProxyError::bad_request(m),
+                    e => crate::credentials::store_error(&e),
+                })?;
+            Ok(crate::http::json_response(
+                http::StatusCode::OK,
+                &serde_json::json!({ "success": true, "message": "Credentials rewrapped", "rewrapped": n }),
+            ))
+        }
         ["oauth", "clients", rest @ ..] => {
             clients::handle(&state.authority, &parts.method, rest, body, &actor).await
         }

@@ -117,6 +117,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the backend answers (for `/readyz`).
     async fn health(&self) -> Result<(), StoreError>;
+
+    /// Re-encrypts a tenant's credential records under the newest version of
+    /// its key (after a key rotation). Returns how many records changed.
+    /// Backends without key versions have nothing to do.
+    async fn rewrap_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+        let _ = tenant;
+        Err(StoreError::Refused(format!(
+            "the {} store has no key versions to rewrap",
+            self.backend()
+        )))
+    }
 }
 
 /// Opens the configured backend.
@@ -219,5 +230,10 @@ impl Store for Instrumented {
 
     async fn health(&self) -> Result<(), StoreError> {
         self.observe("health", self.inner.health()).await
+    }
+
+    async fn rewrap_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+        self.observe("rewrap", self.inner.rewrap_tenant(tenant))
+            .await
     }
 }

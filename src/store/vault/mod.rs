@@ -194,7 +194,7 @@ impl VaultStore {
     /// latest version of its Transit key, after a rotation. Each record is
     /// written back with check-and-set; records already on the latest version
     /// are left alone. Returns how many records were rewritten.
-    pub async fn rewrap_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+    pub async fn rewrap_tenant_records(&self, tenant: &str) -> Result<usize, StoreError> {
         let Some(key) = self.transit.read_key(&self.conn, tenant).await? else {
             return Ok(0); // no key, so nothing was ever encrypted
         };
@@ -348,6 +348,10 @@ fn parse_record(data: &Value) -> Result<Option<Record>, StoreError> {
 impl Store for VaultStore {
     fn backend(&self) -> &'static str {
         "vault"
+    }
+
+    async fn rewrap_tenant(&self, tenant: &str) -> Result<usize, StoreError> {
+        self.rewrap_tenant_records(tenant).await
     }
 
     async fn read(&self, path: &str) -> Result<Option<Record>, StoreError> {
