@@ -38,6 +38,13 @@ if ! venv_ok; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 
+# The TypeScript MCP SDK for the Node interop tests (tests/e2e/test_oauth_clients.py),
+# exact versions from tests/node/package-lock.json; those tests skip without node.
+if command -v node >/dev/null; then
+  step "Node packages (tests/node)"
+  npm ci --prefix tests/node --no-audit --no-fund
+fi
+
 step "cargo build"
 cargo build
 if [[ ! -x target/debug/credgate ]]; then
