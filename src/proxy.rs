@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
@@ -140,10 +140,16 @@ async fn forward(
     // A small body is kept so the request can be replayed once after an
     // upstream 401 and a refresh; anything larger streams straight through.
     let replay_limit = state.config.proxy.max_replay_body_bytes.min(limit);
+    // A client restricted to some tools has its calls read before they go up.
+    let inspect = !principal.client.allowed_tools.is_empty() && parts.method == Method::POST;
     let (kept, stream) = match http_body::Body::size_hint(&body).exact() {
         Some(n) if n <= replay_limit => (Some(read_body(body, replay_limit as usize).await?), None),
+        _ if inspect => (Some(read_body(body, replay_limit as usize).await?), None),
         _ => (None, Some(body)),
     };
+    if !principal.client.allowed_tools.is_empty() {
+        check_tools(&principal, &parts.headers, kept.as_deref())?;
+    }
     let retry_head = kept.as_ref().map(|_| {
         (
             parts.method.clone(),
@@ -270,6 +276,48 @@ fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
             message: "Integration not allowed for this client".into(),
             details: serde_json::json!({ "integration": &*route.integration }),
         });
+    }
+    Ok(())
+}
+
+/// Enforces `allowedTools` on MCP `tools/call` requests: the 2026-07-28
+/// `Mcp-Method`/`Mcp-Name` headers and every JSON-RPC message of the body
+/// (single or batch). `body` is None for requests without one.
+fn check_tools(
+    p: &Principal,
+    headers: &http::HeaderMap,
+    body: Option<&[u8]>,
+) -> Result<(), ProxyError> {
+    let refuse = |tool: &str| ProxyError::Forbidden {
+        message: "Tool not allowed for this client".into(),
+        details: serde_json::json!({ "tool": tool }),
+    };
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if header("mcp-method") == Some("tools/call") {
+        let name = header("mcp-name").unwrap_or("");
+        if !p.client.allows_tool(name) {
+            return Err(refuse(name));
+        }
+    }
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return Ok(());
+    };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| ProxyError::bad_request("request body is not JSON"))?;
+    let messages = match &value {
+        serde_json::Value::Array(items) => items.as_slice(),
+        one => std::slice::from_ref(one),
+    };
+    for m in messages {
+        if m.get("method").and_then(|v| v.as_str()) == Some("tools/call") {
+            let name = m
+                .pointer("/params/name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            if !p.client.allows_tool(name) {
+                return Err(refuse(name));
+            }
+        }
     }
     Ok(())
 }
