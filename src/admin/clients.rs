@@ -100,14 +100,17 @@ async fn create(a: &Authority, body: &[u8], actor: &str) -> Result<Response<Body
         .map_err(|e| ProxyError::bad_request(format!("invalid body: {e}")))?;
     let (client, secret) = a.create_client(spec, actor).await?;
     let mut shown = serde_json::to_value(client.view()).map_err(|_| ProxyError::Internal)?;
-    shown["clientSecret"] = json!(secret.expose_secret());
+    // A client registered with a public key authenticates only with signed
+    // assertions (private_key_jwt): it has no usable secret to show.
+    let message = if client.jwks.is_some() {
+        "Client created. It authenticates with private_key_jwt only."
+    } else {
+        shown["clientSecret"] = json!(secret.expose_secret());
+        "Client created. Store the clientSecret now: it is not shown again."
+    };
     Ok(json_no_store(
         StatusCode::CREATED,
-        &json!({
-            "success": true,
-            "message": "Client created. Store the clientSecret now: it is not shown again.",
-            "client": shown,
-        }),
+        &json!({ "success": true, "message": message, "client": shown }),
     ))
 }
 

@@ -254,8 +254,12 @@ impl Client {
     }
 
     /// Whether `secret` is the current secret, or the previous one within its
-    /// grace period.
+    /// grace period. Never for a client registered with a public key: it
+    /// authenticates with signed assertions only, so no shared secret works.
     pub(crate) fn secret_matches(&self, presented: &SecretHash, now: OffsetDateTime) -> bool {
+        if self.jwks.is_some() {
+            return false;
+        }
         let current = self.secret_hash.matches(presented);
         let previous = match (&self.previous_secret_hash, self.previous_secret_valid_until) {
             (Some(h), Some(until)) => h.matches(presented) & (now < until),
@@ -315,6 +319,16 @@ pub(crate) mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
         );
         assert!(!is_client_id("cg-../../etc") && !is_client_id("cg-ABCDEF0123456789abcd"));
+    }
+
+    #[test]
+    fn a_key_registered_client_has_no_working_secret() {
+        let secret = new_secret();
+        let now = OffsetDateTime::now_utc();
+        let mut c = sample("cg-00000000000000000002".into(), SecretHash::of(&secret));
+        assert!(c.secret_matches(&SecretHash::of(&secret), now));
+        c.jwks = Some(serde_json::json!({ "keys": [] }));
+        assert!(!c.secret_matches(&SecretHash::of(&secret), now));
     }
 
     #[test]

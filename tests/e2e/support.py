@@ -322,6 +322,10 @@ class Credgate:
         data = r.json()
         assert data.get("success") is True, data
         c = data["client"]
+        if body.get("jwks"):
+            # private_key_jwt only: no shared secret is issued.
+            assert c.get("clientId") and "clientSecret" not in c, data
+            return Client(c["clientId"], "", tenant, c)
         assert c.get("clientId") and c.get("clientSecret"), data
         return Client(c["clientId"], c["clientSecret"], tenant, c)
 
