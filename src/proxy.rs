@@ -79,6 +79,15 @@ pub async fn handle(
     state.finish(&route.integration, started, resp)
 }
 
+/// Whether the path has a `.` or `..` segment, plain or percent-encoded: the
+/// upstream would resolve it outside the route's prefix (RFC 3986 §5.2.4).
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let s = segment.to_ascii_lowercase().replace("%2e", ".");
+        s == "." || s == ".."
+    })
+}
+
 fn error_response(e: ProxyError, request_id: &HeaderValue) -> Response<Body> {
     e.into_response(request_id.to_str().unwrap_or(""))
 }
@@ -96,6 +105,11 @@ async fn forward(
     proto: &'static str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
+    if has_dot_segment(parts.uri.path()) {
+        return Err(ProxyError::bad_request(
+            "dot segments (`.`, `..`) are not allowed in the path",
+        ));
+    }
     let principal = state.authority.authenticate(
         &parts.headers,
         parts.uri.query(),
