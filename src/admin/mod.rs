@@ -111,11 +111,12 @@ fn authenticate(
         state.config.proxy.public_url
     )
     .into();
-    let bearer = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    // Two Authorization headers are ambiguous (each hop may pick another): none.
+    let mut values = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    let bearer = match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")),
+        _ => None,
+    };
     if bearer.is_some_and(|t| state.is_admin_token(t)) {
         return Ok("admin-token".into());
     }

@@ -57,6 +57,14 @@ pub(crate) fn invalid_request(msg: &str) -> OAuthError {
 /// Parses the body (form or JSON) and the client authentication.
 pub(crate) fn parse(headers: &HeaderMap, body: &[u8]) -> Result<TokenRequest, OAuthError> {
     let mut params = params(headers, body)?;
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(invalid_request("more than one Authorization header"));
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .map(|v| parse_basic(v.as_bytes()));
