@@ -116,6 +116,30 @@ impl Metrics {
         }
     }
 
+    /// Creates the label sets known at start-up, so every family is present
+    /// (at zero) from the first scrape rather than after its first event.
+    pub fn preregister<'a>(&self, routes: impl IntoIterator<Item = &'a str> + Clone) {
+        for route in routes.clone().into_iter().chain(["oauth", "admin", "none"]) {
+            self.http_request_duration_seconds
+                .with_label_values(&[route]);
+        }
+        for route in routes {
+            self.upstream_request_duration_seconds
+                .with_label_values(&[route]);
+        }
+        for result in ["issued", "denied"] {
+            self.tokens_issued_total.with_label_values(&[result]);
+        }
+        for reason in crate::error::AuthFailure::ALL {
+            self.auth_failures_total
+                .with_label_values(&[reason.as_str()]);
+        }
+        for result in ["hit", "miss", "stale"] {
+            self.credential_cache_requests_total
+                .with_label_values(&[result]);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 * 1024);

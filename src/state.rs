@@ -92,6 +92,7 @@ impl AppState {
         admin_token: Option<SecretString>,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
+        metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
         let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
         let audit = Arc::new(Audit::open(&config.audit.path)?);
         let authority =
