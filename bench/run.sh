@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# The whole benchmark, one command:  bench/run.sh  [steady|token|cold|micro|scale ...]
+#
+# Builds release, starts the bench upstream, nginx and credgate, seeds a
+# client and a credential through the admin API, runs wrk with interleaved
+# repetitions, the cold path against a real OpenBao, the criterion
+# micro-benchmarks and the scale bench, then writes bench/RESULTS.md.
+#
+# Pinning (2-core machine): nginx and credgate get the same single core
+# (PROXY_CPU); wrk and the upstream share the other (LOAD_CPU).
+# Knobs (env): REPS=3 DURATION=10s CONNS="32 128" PROXY_CPU=0 LOAD_CPU=1.
+# Everything listens on 127.0.0.1 only; every load run is bounded by DURATION.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+REPS="${REPS:-3}"
+DURATION="${DURATION:-10s}"
+CONNS="${CONNS:-32 128}"
+PROXY_CPU="${PROXY_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+SECTIONS="${*:-steady token cold micro scale}"
+OUT="${OUT:-$ROOT/target/bench-out}"
+WORK="$(mktemp -d /tmp/credgate-bench.XXXXXX)"
+UPSTREAM_PORT=18081 NGINX_PORT=18082 CREDGATE_PORT=18083 OPS_PORT=18084
+ADMIN_TOKEN="bench-admin-$RANDOM$RANDOM"
+PY="$ROOT/.venv/bin/python"
+[[ -x "$PY" ]] || PY=python3
+PIDS=()
+STORE=
+
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "missing $1: apt-get install -y $2" >&2; exit 1; }; }
+need wrk wrk
+need nginx nginx
+need taskset util-linux
+need curl curl
+
+render() { # template → file, substituting @VARS@
+    sed -e "s|@WORK@|$WORK|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
+        -e "s|@NGINX_PORT@|$NGINX_PORT|g" -e "s|@CREDGATE_PORT@|$CREDGATE_PORT|g" \
+        -e "s|@OPS_PORT@|$OPS_PORT|g" -e "s|@STORE@|$STORE|g" "$1" >"$2"
+}
+
+wait_http() { # url
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "not answering: $1" >&2
+    exit 1
+}
+
+echo "==> build (release)"
+cargo build --release --quiet
+CARGO_TARGET_DIR="$ROOT/target/bench" cargo build --release --quiet \
+    --manifest-path bench/upstream/Cargo.toml
+mkdir -p "$OUT"
+rm -f "$OUT"/*.jsonl "$OUT"/*.txt
+"$ROOT/bench/machine.sh" >"$OUT/machine.txt"
+
+UPSTREAM_UP=
+start_upstream() {
+    [[ -z "$UPSTREAM_UP" ]] || return 0
+    UPSTREAM_UP=1
+    taskset -c "$LOAD_CPU" "$ROOT/target/bench/release/credgate-bench-upstream" \
+        "127.0.0.1:$UPSTREAM_PORT" 2>"$WORK/upstream.log" &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$UPSTREAM_PORT/mcp"
+}
+
+start_nginx() {
+    mkdir -p "$WORK"/nginx-{body,proxy,fastcgi,uwsgi,scgi}
+    render bench/nginx.conf.in "$WORK/nginx.conf"
+    taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log" &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$NGINX_PORT/github/mcp"
+}
+
+# start_credgate <store section> → credgate on PROXY_CPU; env passed through.
+start_credgate() {
+    STORE="$1"
+    render bench/credgate.toml.in "$WORK/credgate.toml"
+    CREDGATE_ADMIN_TOKEN="$ADMIN_TOKEN" CREDGATE_MASTER_KEY="$(head -c32 /dev/urandom | base64)" \
+        taskset -c "$PROXY_CPU" "$ROOT/target/release/credgate" serve --config "$WORK/credgate.toml" \
+        >"$WORK/credgate.log" 2>&1 &
+    CREDGATE_PID=$!
+    PIDS+=($CREDGATE_PID)
+    wait_http "http://127.0.0.1:$OPS_PORT/healthz"
+}
+
+stop_credgate() {
+    kill "$CREDGATE_PID" 2>/dev/null || true
+    wait "$CREDGATE_PID" 2>/dev/null || true
+}
+
+# seed <tenant> → exports BENCH_TOKEN and BENCH_BASIC for a client of <tenant>
+seed() {
+    local base="http://127.0.0.1:$CREDGATE_PORT" created id secret
+    created=$(curl -sf -X POST "$base/api/admin/oauth/clients" -H "Authorization: Bearer $ADMIN_TOKEN" \
+        -H 'Content-Type: application/json' \
+        -d "{\"name\":\"bench\",\"tenant\":\"$1\",\"scopes\":[\"mcp\"],\"allowedIntegrations\":[\"github\"]}")
+    id=$(jq -r .client.clientId <<<"$created")
+    secret=$(jq -r .client.clientSecret <<<"$created")
+    curl -sf -o /dev/null -X PUT "$base/api/admin/credentials/$1/github" -H "Authorization: Bearer $ADMIN_TOKEN" \
+        -H 'Content-Type: application/json' -d '{"access_token":"upstream-token","token_type":"Bearer"}'
+    export BENCH_BASIC
+    BENCH_BASIC=$(printf '%s:%s' "$id" "$secret" | base64 -w0)
+    export BENCH_TOKEN
+    BENCH_TOKEN=$(curl -sf -u "$id:$secret" -d grant_type=client_credentials "$base/oauth/token" | jq -r .access_token)
+    [[ -n "$BENCH_TOKEN" && "$BENCH_TOKEN" != null ]] || { echo "no token" >&2; exit 1; }
+}
+
+url_of() { # target variant
+    local path=mcp
+    [[ "$2" == sse ]] && path=mcp-sse
+    case "$1" in
+        direct) echo "http://127.0.0.1:$UPSTREAM_PORT/$path" ;;
+        nginx) echo "http://127.0.0.1:$NGINX_PORT/github/$path" ;;
+        credgate) echo "http://127.0.0.1:$CREDGATE_PORT/github/$path" ;;
+    esac
+}
+
+# load <file.jsonl> <json fields> <wrk args…>: one bounded wrk run, one JSON line.
+load() {
+    local file="$1" fields="$2"; shift 2
+    local line
+    line=$(taskset -c "$LOAD_CPU" wrk -t1 "$@" | grep '^JSON ' | sed 's/^JSON //')
+    echo "{$fields,\"load\":\"$(cut -d' ' -f1 /proc/loadavg)\",\"wrk\":$line}" >>"$file"
+    echo "   $fields → $line"
+}
+
+steady() {
+    echo "==> steady state: direct / nginx / credgate, REPS=$REPS DURATION=$DURATION"
+    start_upstream
+    start_nginx
+    start_credgate "backend = \"embedded\"\npath = \"$WORK/store\"\n"
+    seed bench
+    local targets=(direct nginx credgate)
+    for t in "${targets[@]}"; do # warm-up: pools, caches
+        taskset -c "$LOAD_CPU" wrk -t1 -c128 -d2s -s bench/mcp.lua "$(url_of "$t" json)" >/dev/null
+    done
+    for rep in $(seq 1 "$REPS"); do
+        for c in $CONNS; do
+            for variant in json sse; do
+                for i in 0 1 2; do # rotate the order each repetition
+                    local t=${targets[$(((i + rep) % 3))]}
+                    load "$OUT/steady.jsonl" "\"rep\":$rep,\"target\":\"$t\",\"variant\":\"$variant\",\"conns\":$c" \
+                        -c"$c" -d"$DURATION" --latency -s bench/mcp.lua "$(url_of "$t" "$variant")"
+                done
+            done
+        done
+    done
+    curl -s "http://127.0.0.1:$OPS_PORT/metrics" | grep -E '^credgate_(credential_cache|rate_limited|http_requests_total)' \
+        >"$OUT/steady-metrics.txt" || true
+    echo "{\"rss_kib\":$(awk '/VmRSS/{print $2}' /proc/"$CREDGATE_PID"/status)}" >"$OUT/steady-rss.jsonl"
+    stop_credgate
+}
+
+token() {
+    echo "==> token endpoint"
+    start_credgate "backend = \"embedded\"\npath = \"$WORK/store-token\"\n"
+    seed tok
+    for rep in $(seq 1 "$REPS"); do
+        load "$OUT/token.jsonl" "\"rep\":$rep,\"conns\":32" -c32 -d"$DURATION" --latency -s bench/token.lua \
+            "http://127.0.0.1:$CREDGATE_PORT/oauth/token"
+    done
+    stop_credgate
+}
+
+cold() {
+    echo "==> cold path against OpenBao"
+    start_upstream
+    local bao="$ROOT/.venv/bin/bao" bport=18200 btoken="bench-root-$RANDOM"
+    [[ -x "$bao" ]] || { echo "skip cold: no .venv/bin/bao (scripts/test.sh installs it)" >&2; return 0; }
+    env -u VAULT_ADDR -u VAULT_TOKEN "$bao" server -dev -dev-root-token-id="$btoken" \
+        -dev-listen-address="127.0.0.1:$bport" >"$WORK/bao.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$bport/v1/sys/health"
+    curl -sf -X POST -H "X-Vault-Token: $btoken" -d '{"type":"transit"}' \
+        "http://127.0.0.1:$bport/v1/sys/mounts/transit" >/dev/null
+    export VAULT_TOKEN="$btoken"
+    start_credgate "backend = \"vault\"\nsync_interval_seconds = 5\n[store.vault]\naddress = \"http://127.0.0.1:$bport\"\n"
+    unset VAULT_TOKEN
+    seed cold
+    "$PY" bench/cold.py --proxy "http://127.0.0.1:$CREDGATE_PORT" --ops "http://127.0.0.1:$OPS_PORT" \
+        --admin-token "$ADMIN_TOKEN" --tenant cold --out "$OUT/cold.jsonl"
+    stop_credgate
+}
+
+micro() {
+    echo "==> criterion micro-benchmarks"
+    cargo bench --quiet --bench hotpath -- --noplot 2>&1 | tee "$OUT/criterion.txt" | grep -E '^[a-z_/0-9 ]+ +time:|time:' || true
+}
+
+scale() {
+    echo "==> scale: memory with N tenants; scheduler tick and scan"
+    cargo bench --quiet --bench scale 2>&1 | tee "$OUT/scale-run.txt" | grep '^JSON ' | sed 's/^JSON //' >"$OUT/scale.jsonl"
+    local bao="$ROOT/.venv/bin/bao" bport=18201 btoken="bench-root-$RANDOM"
+    if [[ -x "$bao" ]]; then
+        env -u VAULT_ADDR -u VAULT_TOKEN "$bao" server -dev -dev-root-token-id="$btoken" \
+            -dev-listen-address="127.0.0.1:$bport" >"$WORK/bao-scale.log" 2>&1 &
+        local bpid=$!
+        PIDS+=($bpid)
+        wait_http "http://127.0.0.1:$bport/v1/sys/health"
+        BENCH_VAULT_ADDR="http://127.0.0.1:$bport" BENCH_VAULT_TOKEN="$btoken" \
+            cargo bench --quiet --bench scale -- --vault 2>&1 | tee -a "$OUT/scale-run.txt" |
+            grep '^JSON ' | sed 's/^JSON //' >>"$OUT/scale.jsonl"
+        kill "$bpid" 2>/dev/null || true
+    fi
+}
+
+for s in $SECTIONS; do "$s"; done
+
+echo "==> report"
+python3 bench/report.py "$OUT" bench/RESULTS.md
+echo "wrote bench/RESULTS.md (raw data in $OUT)"
