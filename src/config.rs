@@ -359,9 +359,27 @@ pub enum ClientAuthMethod {
     ClientSecretBasic,
 }
 
+/// How credgate gets an integration's upstream token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationGrant {
+    /// Tenants' tokens are stored through the admin API and refreshed with
+    /// their refresh tokens.
+    #[default]
+    RefreshToken,
+    /// credgate obtains the token itself with the integration's own client
+    /// credentials (one token for every tenant), renewing it before expiry.
+    /// A credential stored for a tenant still takes precedence.
+    ClientCredentials,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationConfig {
+    #[serde(default)]
+    pub grant: IntegrationGrant,
+    /// Scope requested with the client_credentials grant.
+    pub scope: Option<String>,
     pub token_url: Option<String>,
     pub authorize_url: Option<String>,
     pub client_id: Option<String>,
@@ -535,8 +553,15 @@ impl Config {
         {
             return invalid("tls_cert and tls_key go together".into());
         }
-        for id in self.integrations.keys() {
+        for (id, i) in &self.integrations {
             ids::validate(id).map_err(|e| ConfigError::Invalid(format!("integration: {e}")))?;
+            if i.grant == IntegrationGrant::ClientCredentials
+                && (i.token_url.is_none() || i.client_id.is_none())
+            {
+                return invalid(format!(
+                    "integrations.{id}: grant = \"client_credentials\" needs token_url and client_id"
+                ));
+            }
         }
         for id in self.rate_limit.tenants.keys() {
             ids::validate(id).map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?;
@@ -733,6 +758,8 @@ path_prefix = "/a/""#,
     #[test]
     fn secret_env_name_follows_integration() {
         let i = IntegrationConfig {
+            grant: IntegrationGrant::default(),
+            scope: None,
             token_url: None,
             authorize_url: None,
             client_id: None,

@@ -365,6 +365,14 @@ impl Credentials {
             .await
             .map_err(Failure::Store)?
         else {
+            if self.refresher.mints_tokens(integration) {
+                return self
+                    .refresher
+                    .minted_token(integration, None, Trigger::Expired)
+                    .await
+                    .map(Some)
+                    .map_err(Failure::Refresh);
+            }
             return Ok(None);
         };
         let c = &s.credential;

@@ -14,20 +14,22 @@
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
+    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, Scope, TokenResponse,
+    TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::audit::{Audit, AuditEvent, AuditKind};
-use crate::config::{ClientAuthMethod, Config};
+use crate::config::{ClientAuthMethod, Config, IntegrationGrant};
 use crate::credentials::{self, Credential, Status, Stored, usable_at};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -101,6 +103,8 @@ impl From<RefreshError> for ProxyError {
 
 /// An integration's OAuth app, for the refresh_token grant.
 struct Provider {
+    grant: IntegrationGrant,
+    scopes: Vec<Scope>,
     token_url: TokenUrl,
     client_id: ClientId,
     client_secret: Option<SecretString>,
@@ -108,6 +112,27 @@ struct Provider {
 }
 
 type Key = (String, String);
+
+/// Sorts a token endpoint failure: `invalid_grant` is final, the rest may pass.
+fn classify<RE: std::error::Error + 'static>(
+    e: RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+) -> RefreshError {
+    match e {
+        RequestTokenError::ServerResponse(r)
+            if *r.error() == BasicErrorResponseType::InvalidGrant =>
+        {
+            RefreshError::Reauthorization
+        }
+        RequestTokenError::ServerResponse(r) => {
+            RefreshError::Provider(format!("provider answered {}", r.error()))
+        }
+        RequestTokenError::Request(e) => RefreshError::Provider(format!("request: {e}")),
+        RequestTokenError::Parse(_, _) => {
+            RefreshError::Provider("unparseable provider answer".into())
+        }
+        RequestTokenError::Other(e) => RefreshError::Provider(e),
+    }
+}
 
 /// The OAuth apps of the configured integrations that can refresh.
 fn providers_of(config: &Config) -> Result<BTreeMap<String, Provider>, String> {
@@ -124,6 +149,14 @@ fn providers_of(config: &Config) -> Result<BTreeMap<String, Provider>, String> {
         providers.insert(
             id.clone(),
             Provider {
+                grant: i.grant,
+                scopes: i
+                    .scope
+                    .as_deref()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .map(|s| Scope::new(s.to_owned()))
+                    .collect(),
                 token_url,
                 client_id: ClientId::new(client_id.clone()),
                 client_secret,
@@ -149,6 +182,10 @@ pub struct Refresher {
     audit: Arc<Audit>,
     due: schedule::DueIndex,
     before_secs: i64,
+    /// Integration-wide tokens of `grant = "client_credentials"` integrations,
+    /// with the time to renew each.
+    minted: Mutex<HashMap<String, (Stored, OffsetDateTime)>>,
+    minted_version: AtomicU64,
 }
 
 impl Refresher {
@@ -177,6 +214,8 @@ impl Refresher {
             audit,
             due: schedule::DueIndex::default(),
             before_secs: config.refresh.before_seconds as i64,
+            minted: Mutex::new(HashMap::new()),
+            minted_version: AtomicU64::new(1),
         })
     }
 
@@ -225,9 +264,14 @@ impl Refresher {
         let mut seen = seen_version;
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
-            let stored = credentials::load(self.store.as_ref(), tenant, integration)
-                .await?
-                .ok_or(RefreshError::NotConnected)?;
+            let Some(stored) = credentials::load(self.store.as_ref(), tenant, integration).await?
+            else {
+                if self.mints_tokens(integration) {
+                    drop(_held);
+                    return self.minted_token(integration, seen, trigger).await;
+                }
+                return Err(RefreshError::NotConnected);
+            };
             let now = OffsetDateTime::now_utc();
             if seen.is_some_and(|v| stored.version > v)
                 && stored.credential.status == Status::Active
@@ -324,6 +368,118 @@ impl Refresher {
         }
     }
 
+    /// Whether credgate obtains this integration's token itself.
+    pub fn mints_tokens(&self, integration: &str) -> bool {
+        self.providers
+            .load()
+            .get(integration)
+            .is_some_and(|p| p.grant == IntegrationGrant::ClientCredentials)
+    }
+
+    /// The integration-wide token from the client_credentials grant: the one
+    /// held, unless it is due for renewal (three quarters into its life) or not
+    /// newer than `seen` (the upstream refused it); then a new one, fetched by
+    /// one caller while the others wait for it.
+    pub async fn minted_token(
+        &self,
+        integration: &str,
+        seen: Option<u64>,
+        trigger: Trigger,
+    ) -> Result<Stored, RefreshError> {
+        // "" is no tenant id, so this lock is the integration's own.
+        let lock = self.key_lock("", integration);
+        let _held = lock.lock().await;
+        let now = OffsetDateTime::now_utc();
+        if let Some((s, renew_at)) = self.minted_lock().get(integration).cloned() {
+            if now < renew_at && seen.is_none_or(|v| s.version > v) {
+                return Ok(s);
+            }
+        }
+        let result = self.fetch_minted(integration).await;
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.metrics
+            .credential_refresh_total
+            .with_label_values(&[integration, trigger.as_str(), outcome])
+            .inc();
+        let (credential, lifetime) = result.inspect_err(|e| {
+            tracing::warn!(integration, error = %e, "client_credentials token request failed");
+            self.audit.record(
+                AuditKind::RefreshRetry,
+                AuditEvent {
+                    integration: Some(integration),
+                    actor: Some(trigger.as_str()),
+                    reason: Some("provider_error"),
+                    ..Default::default()
+                },
+            );
+        })?;
+        let stored = Stored {
+            credential,
+            version: self.minted_version.fetch_add(1, Ordering::Relaxed),
+            updated_at: String::new(),
+        };
+        let renew_at = now + lifetime.map_or(time::Duration::minutes(5), |l| l * 3 / 4);
+        self.minted_lock()
+            .insert(integration.to_owned(), (stored.clone(), renew_at));
+        self.audit.record(
+            AuditKind::RefreshSuccess,
+            AuditEvent {
+                integration: Some(integration),
+                actor: Some(trigger.as_str()),
+                reason: Some("client_credentials"),
+                ..Default::default()
+            },
+        );
+        Ok(stored)
+    }
+
+    fn minted_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Stored, OffsetDateTime)>> {
+        self.minted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn fetch_minted(
+        &self,
+        integration: &str,
+    ) -> Result<(Credential, Option<time::Duration>), RefreshError> {
+        let providers = self.providers.load();
+        let p = providers
+            .get(integration)
+            .ok_or(RefreshError::Reauthorization)?;
+        let mut client = BasicClient::new(p.client_id.clone())
+            .set_token_uri(p.token_url.clone())
+            .set_auth_type(p.auth.clone());
+        if let Some(s) = &p.client_secret {
+            client = client.set_client_secret(ClientSecret::new(s.expose_secret().to_owned()));
+        }
+        let resp = client
+            .exchange_client_credentials()
+            .add_scopes(p.scopes.iter().cloned())
+            .request_async(&self.http)
+            .await
+            .map_err(classify)?;
+        let lifetime = resp
+            .expires_in()
+            .map(|d| time::Duration::seconds(d.as_secs().min(10 * 365 * 86400) as i64));
+        let now = OffsetDateTime::now_utc();
+        Ok((
+            Credential {
+                access_token: SecretString::from(resp.access_token().secret().to_owned()),
+                refresh_token: None,
+                expires_at: lifetime.map(|l| now + l),
+                scopes: resp
+                    .scopes()
+                    .map(|s| s.iter().map(|s| s.to_string()).collect())
+                    .unwrap_or_default(),
+                token_type: "Bearer".into(),
+                created_by: "client_credentials".into(),
+                auto_refresh: false,
+                refresh_count: 0,
+                status: Status::Active,
+            },
+            lifetime,
+        ))
+    }
+
     /// The refresh_token grant against the integration's provider.
     async fn call_provider(
         &self,
@@ -348,21 +504,7 @@ impl Refresher {
             .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
             .request_async(&self.http)
             .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(r)
-                    if *r.error() == BasicErrorResponseType::InvalidGrant =>
-                {
-                    RefreshError::Reauthorization
-                }
-                RequestTokenError::ServerResponse(r) => {
-                    RefreshError::Provider(format!("provider answered {}", r.error()))
-                }
-                RequestTokenError::Request(e) => RefreshError::Provider(format!("request: {e}")),
-                RequestTokenError::Parse(_, _) => {
-                    RefreshError::Provider("unparseable provider answer".into())
-                }
-                RequestTokenError::Other(e) => RefreshError::Provider(e),
-            })?;
+            .map_err(classify)?;
         let now = OffsetDateTime::now_utc();
         Ok(Credential {
             access_token: SecretString::from(resp.access_token().secret().to_owned()),

@@ -59,7 +59,7 @@ class _Client(ClientMixin):
         return False
 
     def check_grant_type(self, grant_type: str) -> bool:
-        return grant_type == "refresh_token"
+        return grant_type in ("refresh_token", "client_credentials")
 
 
 @dataclass
@@ -146,6 +146,11 @@ class OAuthProvider:
         server = AuthorizationServer(app, query_client=query_client, save_token=save_token)
         server.register_grant(RefreshGrant)
 
+        class ClientCredentialsGrant(grants.ClientCredentialsGrant):
+            TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+        server.register_grant(ClientCredentialsGrant)
+
         @app.post("/oauth/token")
         def token() -> Response:
             from flask import request
@@ -181,6 +186,9 @@ class OAuthProvider:
         if valid:
             self.valid_access.add(t.access_token)
         return t.access_token, t.refresh_token  # type: ignore[return-value]
+
+    def client_credentials_calls(self) -> list[dict]:
+        return [c for c in self.refresh_calls if c["form"].get("grant_type") == "client_credentials"]
 
     def refreshes_of(self, refresh_token: str) -> list[dict]:
         return [c for c in self.refresh_calls if c["form"].get("refresh_token") == refresh_token]
