@@ -390,10 +390,12 @@ impl Refresher {
         let lock = self.key_lock("", integration);
         let _held = lock.lock().await;
         let now = OffsetDateTime::now_utc();
-        if let Some((s, renew_at)) = self.minted_lock().get(integration).cloned() {
-            if now < renew_at && seen.is_none_or(|v| s.version > v) {
-                return Ok(s);
-            }
+        let held = self.minted_lock().get(integration).cloned();
+        if let Some((s, renew_at)) = held
+            && now < renew_at
+            && seen.is_none_or(|v| s.version > v)
+        {
+            return Ok(s);
         }
         let result = self.fetch_minted(integration).await;
         let outcome = if result.is_ok() { "success" } else { "error" };
