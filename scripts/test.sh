@@ -45,6 +45,13 @@ if command -v node >/dev/null; then
   npm ci --prefix tests/node --no-audit --no-fund
 fi
 
+# oidc-provider, the real rotating OAuth provider of tests/e2e/test_refresh_oidc.py, exact
+# versions from tests/oidc/package-lock.json; those tests skip without node.
+if command -v node >/dev/null; then
+  step "Node packages (tests/oidc)"
+  npm ci --prefix tests/oidc --no-audit --no-fund
+fi
+
 step "cargo build"
 cargo build
 if [[ ! -x target/debug/credgate ]]; then
