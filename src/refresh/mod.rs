@@ -230,6 +230,12 @@ impl Refresher {
         &self.due
     }
 
+    /// Whether a credential is within `refresh.before_seconds` of expiry.
+    fn due_now(&self, c: &Credential, now: OffsetDateTime) -> bool {
+        c.expires_at
+            .is_some_and(|e| (e - now).whole_seconds() <= self.before_secs)
+    }
+
     /// Tells the schedule about a credential just written.
     pub fn note_written(&self, tenant: &str, integration: &str, c: &Credential) {
         let auto = c.auto_refresh && c.status == Status::Active;
@@ -282,10 +288,31 @@ impl Refresher {
             if stored.credential.status == Status::ReauthorizationRequired {
                 return Err(RefreshError::Reauthorization);
             }
+            if matches!(trigger, Trigger::Scheduled) && !self.due_now(&stored.credential, now) {
+                // Another replica refreshed it since this one scheduled it.
+                self.note_written(tenant, integration, &stored.credential);
+                return Ok(stored);
+            }
             match self.acquire_lease(tenant, integration).await? {
                 Some(lease_version) => {
+                    // Read again under the lease: another replica may have
+                    // refreshed between our read and the lease, and the
+                    // refresh token we read is then consumed.
+                    let current = credentials::load(self.store.as_ref(), tenant, integration).await;
+                    let current = match current {
+                        Ok(Some(c)) if c.version == stored.version => c,
+                        Ok(_) => {
+                            self.release_lease(tenant, integration, lease_version).await;
+                            seen = Some(stored.version);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.release_lease(tenant, integration, lease_version).await;
+                            return Err(e.into());
+                        }
+                    };
                     let result = self
-                        .refresh_held(tenant, integration, stored, trigger)
+                        .refresh_held(tenant, integration, current, trigger)
                         .await;
                     self.release_lease(tenant, integration, lease_version).await;
                     return result;
@@ -335,6 +362,7 @@ impl Refresher {
                 let stored = self
                     .write_refreshed(tenant, integration, stored, fresh)
                     .await?;
+                self.note_written(tenant, integration, &stored.credential);
                 label("success");
                 audit(AuditKind::RefreshSuccess, None);
                 Ok(stored)
