@@ -21,8 +21,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, RefreshToken, RequestTokenError, Scope, TokenResponse,
-    TokenUrl,
+    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, RefreshToken, RequestTokenError,
+    Scope, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
@@ -112,6 +112,22 @@ struct Provider {
 }
 
 type Key = (String, String);
+
+type TokenClient =
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+impl Provider {
+    /// A client for the provider's token endpoint, authenticating as configured.
+    fn client(&self) -> TokenClient {
+        let client = BasicClient::new(self.client_id.clone())
+            .set_token_uri(self.token_url.clone())
+            .set_auth_type(self.auth.clone());
+        match &self.client_secret {
+            Some(s) => client.set_client_secret(ClientSecret::new(s.expose_secret().to_owned())),
+            None => client,
+        }
+    }
+}
 
 /// Sorts a token endpoint failure: `invalid_grant` is final, the rest may pass.
 fn classify<RE: std::error::Error + 'static>(
@@ -475,13 +491,8 @@ impl Refresher {
         let p = providers
             .get(integration)
             .ok_or(RefreshError::Reauthorization)?;
-        let mut client = BasicClient::new(p.client_id.clone())
-            .set_token_uri(p.token_url.clone())
-            .set_auth_type(p.auth.clone());
-        if let Some(s) = &p.client_secret {
-            client = client.set_client_secret(ClientSecret::new(s.expose_secret().to_owned()));
-        }
-        let resp = client
+        let resp = p
+            .client()
             .exchange_client_credentials()
             .add_scopes(p.scopes.iter().cloned())
             .request_async(&self.http)
@@ -524,13 +535,8 @@ impl Refresher {
         let p = providers
             .get(integration)
             .ok_or(RefreshError::Reauthorization)?;
-        let mut client = BasicClient::new(p.client_id.clone())
-            .set_token_uri(p.token_url.clone())
-            .set_auth_type(p.auth.clone());
-        if let Some(s) = &p.client_secret {
-            client = client.set_client_secret(ClientSecret::new(s.expose_secret().to_owned()));
-        }
-        let resp = client
+        let resp = p
+            .client()
             .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
             .request_async(&self.http)
             .await
