@@ -1,6 +1,6 @@
 //! `POST /oauth/token`: the client_credentials grant (RFC 6749 §4.4).
 //!
-//! Phases, in order: address throttle → read and parse the body → pick the
+//! Phases, in order: read the body → address throttle → parse the body → pick the
 //! one client authentication method → grant type → authenticate (throttled) →
 //! client status and source address → scope → resource (audience) → mint.
 
@@ -82,13 +82,15 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    if let Some(wait) = auth.throttle.address_blocked(ip, Instant::now()) {
-        return Err(slow_down(auth, wait).into());
-    }
+    // The body is read before any refusal: answering a throttled address with
+    // its body unread would close a keep-alive connection without a word.
     let (parts, body) = req.into_parts();
     let body = read_body(body, MAX_OAUTH_BODY)
         .await
         .map_err(|_| invalid_request("request body unreadable or over 64 KiB"))?;
+    if let Some(wait) = auth.throttle.address_blocked(ip, Instant::now()) {
+        return Err(slow_down(auth, wait).into());
+    }
     let request = parse(&parts.headers, &body)?;
     match request.grant_type.as_deref() {
         None => return Err(invalid_request("grant_type is required").into()),
