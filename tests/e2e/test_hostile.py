@@ -318,3 +318,30 @@ def test_still_healthy_and_no_panic_after_the_catalogue(ctx: Ctx) -> None:
     assert "panicked" not in logs, "credgate logged a panic"
     for secret in (ctx.token, ctx.client.client_secret, ctx.upstream_cred, ctx.gate.admin_token):
         assert secret not in logs, "a secret reached the log"
+
+
+def test_throttled_token_requests_keep_the_connection_usable(make_gate) -> None:  # noqa: ANN001
+    """A 429 from the per-address throttle must not leave the request body unread and then
+    drop the keep-alive connection silently: the client's next request on it would fail with
+    'Server disconnected without sending a response' (found by scripts/soak.sh)."""
+    import httpx
+
+    g = make_gate(oauth={"max_failures_per_address": 2})
+    tenant = unique("thr")
+    g.put_bearer(tenant, "echo", "thr-cred")
+    client = g.create_client(tenant=tenant, integrations=["echo"])
+    tok = g.token(client)
+    errors: list[str] = []
+    statuses: set[int] = set()
+    with httpx.Client(timeout=5, trust_env=False) as c:
+        for _ in range(150):
+            for call in (
+                lambda: c.post(f"{g.url}/oauth/token", data={"grant_type": "client_credentials"}, auth=(client.client_id, "wrong")),
+                lambda: c.get(f"{g.url}/echo/x", headers={"Authorization": f"Bearer {tok}"}),
+            ):
+                try:
+                    statuses.add(call().status_code)
+                except httpx.HTTPError as e:
+                    errors.append(repr(e))
+    assert 429 in statuses, statuses
+    assert not errors, f"{len(errors)} requests failed on a reused connection: {errors[:3]}"
