@@ -345,3 +345,37 @@ def test_throttled_token_requests_keep_the_connection_usable(make_gate) -> None:
                     errors.append(repr(e))
     assert 429 in statuses, statuses
     assert not errors, f"{len(errors)} requests failed on a reused connection: {errors[:3]}"
+
+
+def test_json_rpc_inspection_of_a_tools_restricted_client(ctx: Ctx) -> None:
+    """The one place credgate reads proxied JSON-RPC: `allowedTools`. Hostile bodies are
+    refused before anything reaches the upstream; allowed ones pass."""
+    g = ctx.gate
+    client = g.create_client(tenant=ctx.tenant, integrations=["echo"], allowedTools=["whoami"])
+    tok = g.token(client)
+
+    def call(body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> tuple[Raw, int]:
+        n = len(ctx.echo.requests)
+        r = send(g, req("POST", "/echo/mcp", [bearer(tok), (b"Content-Type", b"application/json"), *(extra or [])], body))
+        return r, len(ctx.echo.requests) - n
+
+    def rpc(name: object, i: int = 1) -> dict:
+        return {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+
+    ok = json.dumps(rpc("whoami")).encode()
+    cases: list[tuple[str, bytes, list[tuple[bytes, bytes]], int]] = [
+        ("allowed", ok, [], 200),
+        ("forbidden", json.dumps(rpc("delete_all")).encode(), [], 403),
+        ("batch-hiding-one", json.dumps([rpc("whoami", 1), rpc("delete_all", 2), rpc("whoami", 3)]).encode(), [], 403),
+        ("duplicate-name-key-last-wins", b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","name":"delete_all"}}', [], 403),
+        ("escaped-method", b'{"jsonrpc":"2.0","id":1,"method":"tools\\/call","params":{"name":"delete_all"}}', [], 403),
+        ("name-not-a-string", json.dumps(rpc(["whoami"])).encode(), [], 403),
+        ("header-names-forbidden-tool", ok, [(b"Mcp-Method", b"tools/call"), (b"Mcp-Name", b"delete_all")], 403),
+        ("deep-json", _deep(5000), [], 400),
+        ("not-json", b"\xff\xfe{not json", [], 400),
+        ("over-replay-limit", b'{"pad":"' + b"a" * (MAX_BODY // 4 + 10) + b'"}', [], 413),
+    ]
+    for name, body, extra, status in cases:
+        r, reached = call(body, extra)
+        assert r.status == status, f"{name}: expected {status}, got {r.status}: {r.body[:200]!r}"
+        assert reached == (1 if status == 200 else 0), f"{name}: upstream reached {reached} times"
