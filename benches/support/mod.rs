@@ -48,8 +48,11 @@ required_scopes = ["mcp"]
 "#,
         audit = dir.join("audit.log").display(),
     );
-    Config::from_toml_with_env(&text, std::env::vars().filter(|(k, _)| k.starts_with("VAULT_")))
-        .expect("bench config")
+    Config::from_toml_with_env(
+        &text,
+        std::env::vars().filter(|(k, _)| k.starts_with("VAULT_")),
+    )
+    .expect("bench config")
 }
 
 pub(crate) fn embedded(dir: &std::path::Path) -> String {
@@ -83,7 +86,9 @@ pub(crate) async fn token(state: &AppState, id: &str, secret: &SecretString) -> 
     let req = Request::post("/oauth/token")
         .header(header::AUTHORIZATION, format!("Basic {basic}"))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from_static(b"grant_type=client_credentials")))
+        .body(Full::new(Bytes::from_static(
+            b"grant_type=client_credentials",
+        )))
         .expect("request");
     let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
     let resp = state
