@@ -55,7 +55,9 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("eddsa", |b| {
         b.iter_custom(|iters| {
             let tokens: Vec<_> = (0..iters)
-                .map(|_| support::bearer_headers(&rt.block_on(support::token(&state, &id, &secret))))
+                .map(|_| {
+                    support::bearer_headers(&rt.block_on(support::token(&state, &id, &secret)))
+                })
                 .collect();
             let start = Instant::now();
             for h in &tokens {
