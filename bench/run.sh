@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole benchmark, one command:  bench/run.sh  [steady|token|cold|micro|scale ...]
+# The whole benchmark, one command:  bench/run.sh  [steady|paced|token|cold|micro|scale|sched ...]
 #
 # Builds release, starts the bench upstream, nginx and credgate, seeds a
 # client and a credential through the admin API, runs wrk with interleaved
@@ -20,7 +20,7 @@ DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-32 128}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
-SECTIONS="${*:-steady token cold micro scale}"
+SECTIONS="${*:-steady paced token cold micro scale sched}"
 OUT="${OUT:-$ROOT/target/bench-out}"
 WORK="$(mktemp -d /tmp/credgate-bench.XXXXXX)"
 UPSTREAM_PORT=18081 NGINX_PORT=18082 CREDGATE_PORT=18083 OPS_PORT=18084
@@ -49,8 +49,8 @@ render() { # template → file, substituting @VARS@
         -e "s|@OPS_PORT@|$OPS_PORT|g" -e "s|@STORE@|$STORE|g" "$1" >"$2"
 }
 
-wait_http() { # url
-    for _ in $(seq 1 100); do
+wait_http() { # url [tries of 0.1 s]
+    for _ in $(seq 1 "${2:-100}"); do
         curl -s -o /dev/null "$1" && return 0
         sleep 0.1
     done
@@ -63,7 +63,6 @@ cargo build --release --quiet
 CARGO_TARGET_DIR="$ROOT/target/bench" cargo build --release --quiet \
     --manifest-path bench/upstream/Cargo.toml
 mkdir -p "$OUT"
-rm -f "$OUT"/*.jsonl "$OUT"/*.txt
 "$ROOT/bench/machine.sh" >"$OUT/machine.txt"
 
 UPSTREAM_UP=
@@ -76,7 +75,10 @@ start_upstream() {
     wait_http "http://127.0.0.1:$UPSTREAM_PORT/mcp"
 }
 
+NGINX_UP=
 start_nginx() {
+    [[ -z "$NGINX_UP" ]] || return 0
+    NGINX_UP=1
     mkdir -p "$WORK"/nginx-{body,proxy,fastcgi,uwsgi,scgi}
     render bench/nginx.conf.in "$WORK/nginx.conf"
     taskset -c "$PROXY_CPU" nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log" &
@@ -143,6 +145,7 @@ steady() {
     start_nginx
     start_credgate "backend = \"embedded\"\npath = \"$WORK/store\"\n"
     seed bench
+    rm -f "$OUT/steady.jsonl"
     local targets=(direct nginx credgate)
     for t in "${targets[@]}"; do # warm-up: pools, caches
         taskset -c "$LOAD_CPU" wrk -t1 -c128 -d2s -s bench/mcp.lua "$(url_of "$t" json)" >/dev/null
@@ -164,10 +167,29 @@ steady() {
     stop_credgate
 }
 
+paced() {
+    echo "==> latency below saturation: 32 connections, 10 ms between requests"
+    start_upstream
+    start_nginx
+    start_credgate "backend = \"embedded\"\npath = \"$WORK/store-paced\"\n"
+    seed paced
+    rm -f "$OUT/paced.jsonl"
+    local targets=(direct nginx credgate)
+    for rep in $(seq 1 "$REPS"); do
+        for i in 0 1 2; do
+            local t=${targets[$(((i + rep) % 3))]}
+            load "$OUT/paced.jsonl" "\"rep\":$rep,\"target\":\"$t\",\"variant\":\"json\",\"conns\":32" \
+                -c32 -d"$DURATION" --latency -s bench/paced.lua "$(url_of "$t" json)"
+        done
+    done
+    stop_credgate
+}
+
 token() {
     echo "==> token endpoint"
     start_credgate "backend = \"embedded\"\npath = \"$WORK/store-token\"\n"
     seed tok
+    rm -f "$OUT/token.jsonl"
     for rep in $(seq 1 "$REPS"); do
         load "$OUT/token.jsonl" "\"rep\":$rep,\"conns\":32" -c32 -d"$DURATION" --latency -s bench/token.lua \
             "http://127.0.0.1:$CREDGATE_PORT/oauth/token"
@@ -183,13 +205,14 @@ cold() {
     env -u VAULT_ADDR -u VAULT_TOKEN "$bao" server -dev -dev-root-token-id="$btoken" \
         -dev-listen-address="127.0.0.1:$bport" >"$WORK/bao.log" 2>&1 &
     PIDS+=($!)
-    wait_http "http://127.0.0.1:$bport/v1/sys/health"
+    wait_http "http://127.0.0.1:$bport/v1/sys/health" 600
     curl -sf -X POST -H "X-Vault-Token: $btoken" -d '{"type":"transit"}' \
         "http://127.0.0.1:$bport/v1/sys/mounts/transit" >/dev/null
     export VAULT_TOKEN="$btoken"
     start_credgate "backend = \"vault\"\nsync_interval_seconds = 5\n[store.vault]\naddress = \"http://127.0.0.1:$bport\"\n"
     unset VAULT_TOKEN
     seed cold
+    rm -f "$OUT/cold.jsonl"
     "$PY" bench/cold.py --proxy "http://127.0.0.1:$CREDGATE_PORT" --ops "http://127.0.0.1:$OPS_PORT" \
         --admin-token "$ADMIN_TOKEN" --tenant cold --out "$OUT/cold.jsonl"
     stop_credgate
@@ -201,23 +224,45 @@ micro() {
 }
 
 scale() {
-    echo "==> scale: memory with N tenants; scheduler tick and scan"
+    echo "==> scale: memory with N tenants (and where it goes)"
     cargo bench --quiet --bench scale 2>&1 | tee "$OUT/scale-run.txt" | grep '^JSON ' | sed 's/^JSON //' >"$OUT/scale.jsonl"
+    cargo bench --quiet --bench scale -- --phases 2>&1 | grep '^JSON ' | sed 's/^JSON //' >>"$OUT/scale.jsonl"
+}
+
+sched() {
+    echo "==> scheduler with 100k credentials in OpenBao"
     local bao="$ROOT/.venv/bin/bao" bport=18201 btoken="bench-root-$RANDOM"
-    if [[ -x "$bao" ]]; then
-        env -u VAULT_ADDR -u VAULT_TOKEN "$bao" server -dev -dev-root-token-id="$btoken" \
-            -dev-listen-address="127.0.0.1:$bport" >"$WORK/bao-scale.log" 2>&1 &
-        local bpid=$!
-        PIDS+=($bpid)
-        wait_http "http://127.0.0.1:$bport/v1/sys/health"
-        BENCH_VAULT_ADDR="http://127.0.0.1:$bport" BENCH_VAULT_TOKEN="$btoken" \
-            cargo bench --quiet --bench scale -- --vault 2>&1 | tee -a "$OUT/scale-run.txt" |
-            grep '^JSON ' | sed 's/^JSON //' >>"$OUT/scale.jsonl"
-        kill "$bpid" 2>/dev/null || true
-    fi
+    [[ -x "$bao" ]] || { echo "skip sched: no .venv/bin/bao" >&2; return 0; }
+    env -u VAULT_ADDR -u VAULT_TOKEN "$bao" server -dev -dev-root-token-id="$btoken" \
+        -dev-listen-address="127.0.0.1:$bport" >"$WORK/bao-scale.log" 2>&1 &
+    local bpid=$!
+    PIDS+=($bpid)
+    wait_http "http://127.0.0.1:$bport/v1/sys/health" 600
+    curl -sf -X POST -H "X-Vault-Token: $btoken" -d '{"type":"transit"}' \
+        "http://127.0.0.1:$bport/v1/sys/mounts/transit" >/dev/null
+    VAULT_ADDR="http://127.0.0.1:$bport" VAULT_TOKEN="$btoken" \
+        cargo bench --quiet --bench scale -- --vault 2>&1 | tee "$OUT/sched-run.txt" |
+        grep '^JSON ' | sed 's/^JSON //' >"$OUT/sched.jsonl"
+    kill "$bpid" 2>/dev/null || true
+}
+
+# Not in the default set: perf profile of credgate under the steady load.
+profile() {
+    echo "==> perf profile of credgate (json, 32 connections)"
+    start_upstream
+    start_credgate "backend = \"embedded\"\npath = \"$WORK/store-prof\"\n"
+    seed prof
+    taskset -c "$LOAD_CPU" wrk -t1 -c32 -d14s -s bench/mcp.lua "$(url_of credgate json)" >"$OUT/profile-wrk.txt" &
+    sleep 2
+    perf record -e cpu-clock -F 1999 -g --call-graph dwarf,16384 -p "$CREDGATE_PID" -o "$OUT/perf.data" -- sleep 10 2>/dev/null
+    wait %% 2>/dev/null || true
+    perf report -i "$OUT/perf.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null | grep -v '^$' | head -150 >"$OUT/profile.txt"
+    echo "   see $OUT/profile.txt"
+    stop_credgate
 }
 
 for s in $SECTIONS; do "$s"; done
+[[ "$SECTIONS" == profile ]] && exit 0
 
 echo "==> report"
 python3 bench/report.py "$OUT" bench/RESULTS.md

@@ -30,7 +30,9 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if vault {
+    if args.iter().any(|a| a == "--phases") {
+        rt.block_on(phases(10_000));
+    } else if vault {
         rt.block_on(scheduler_vault());
     } else {
         rt.block_on(memory());
@@ -92,6 +94,71 @@ async fn memory() {
     scheduler(&state, "embedded", 0.0).await;
 }
 
+/// Where the per-tenant memory goes: each step done for `n` tenants before
+/// the next, with the RSS growth of each.
+async fn phases(n: usize) {
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir");
+    let state = support::state(support::config(dir.path(), &support::embedded(dir.path()))).await;
+    let live = state.live.load();
+    let route = live.routes.find(None, "/github/mcp").expect("route");
+    let integration: Arc<str> = support::INTEGRATION.into();
+    let tenants: Vec<Arc<str>> = (0..n).map(|i| format!("tenant-{i}").into()).collect();
+    let mut last = support::rss_kib();
+    let mut report = |phase: &str| {
+        let now = support::rss_kib();
+        println!(
+            "JSON {}",
+            json!({"kind": "phase", "phase": phase, "tenants": n,
+                   "per_tenant_bytes": (now.saturating_sub(last) * 1024) as f64 / n as f64})
+        );
+        last = now;
+    };
+    let mut clients = Vec::new();
+    for t in &tenants {
+        clients.push(support::client(&state, t).await);
+    }
+    report("client created (registry + store)");
+    for t in &tenants {
+        support::credential(&state, t).await;
+    }
+    report("credential stored (store)");
+    let mut tokens = Vec::new();
+    for (id, secret) in &clients {
+        tokens.push(support::token(&state, id, secret).await);
+    }
+    report("token issued");
+    let mut principals = Vec::new();
+    for token in &tokens {
+        principals.push(
+            state
+                .authority
+                .authenticate(
+                    &support::bearer_headers(token),
+                    None,
+                    Some(&route.resource),
+                    &route.resource_metadata,
+                )
+                .expect("authenticated"),
+        );
+    }
+    drop(tokens);
+    report("token validated (validation cache)");
+    for (t, p) in tenants.iter().zip(&principals) {
+        live.rate_limits.check(t, &p.client_id).expect("not limited");
+    }
+    report("rate-limit bucket");
+    for t in &tenants {
+        state
+            .credentials
+            .get(t, &integration)
+            .await
+            .expect("credential");
+    }
+    report("credential cached");
+}
+
 /// Writes STORED credential records straight to Vault KV (as the scheduler
 /// reads them), then times a rescan and a tick.
 async fn scheduler_vault() {
@@ -113,17 +180,11 @@ async fn scheduler_vault() {
         tasks.spawn(async move {
             let data = json!({"accessToken": "vault:v1:bench", "refreshToken": "vault:v1:bench",
                 "expiresAt": expires, "tokenType": "Bearer", "integration": "github"});
-            let serde_json::Value::Object(data) = data else {
-                unreachable!()
-            };
-            let metadata = [
-                ("autoRefresh", "true"),
-                ("status", "active"),
-                ("integration", "github"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+            let serde_json::Value::Object(data) = data else { unreachable!() };
+            let metadata = [("autoRefresh", "true"), ("status", "active"), ("integration", "github")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
             store
                 .write(&format!("tenant-{i}/github"), data, metadata, Cas::Any)
                 .await
