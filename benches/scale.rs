@@ -146,7 +146,9 @@ async fn phases(n: usize) {
     drop(tokens);
     report("token validated (validation cache)");
     for (t, p) in tenants.iter().zip(&principals) {
-        live.rate_limits.check(t, &p.client_id).expect("not limited");
+        live.rate_limits
+            .check(t, &p.client_id)
+            .expect("not limited");
     }
     report("rate-limit bucket");
     for t in &tenants {
@@ -180,11 +182,17 @@ async fn scheduler_vault() {
         tasks.spawn(async move {
             let data = json!({"accessToken": "vault:v1:bench", "refreshToken": "vault:v1:bench",
                 "expiresAt": expires, "tokenType": "Bearer", "integration": "github"});
-            let serde_json::Value::Object(data) = data else { unreachable!() };
-            let metadata = [("autoRefresh", "true"), ("status", "active"), ("integration", "github")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
+            let serde_json::Value::Object(data) = data else {
+                unreachable!()
+            };
+            let metadata = [
+                ("autoRefresh", "true"),
+                ("status", "active"),
+                ("integration", "github"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
             store
                 .write(&format!("tenant-{i}/github"), data, metadata, Cas::Any)
                 .await
