@@ -24,7 +24,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::refresh::{RefreshError, Refresher, Trigger};
-use crate::store::{Cas, Store, StoreError};
+use crate::store::{Cas, Record, Store, StoreError};
 
 /// A credential this close to expiry is treated as expired: it could lapse
 /// before the upstream sees it.
@@ -94,6 +94,110 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
+/// A credential record's fields that are not secret: what the admin API
+/// shows, readable without decrypting anything.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub expires_at: Option<OffsetDateTime>,
+    pub scopes: Vec<String>,
+    pub token_type: String,
+    pub created_by: String,
+    pub auto_refresh: bool,
+    pub refresh_count: u64,
+    pub status: Status,
+    pub has_refresh_token: bool,
+    pub version: u64,
+    pub updated_at: String,
+}
+
+impl Summary {
+    /// Parses the plain fields of a §7 record.
+    fn from_record(record: &Record, path: &str) -> Result<Self, StoreError> {
+        let text = |k: &str| record.data.get(k).and_then(Value::as_str);
+        let meta = |k: &str| record.metadata.get(k).map(String::as_str);
+        let expires_at = match text("expiresAt") {
+            Some(s) => Some(
+                OffsetDateTime::parse(s, &Rfc3339)
+                    .map_err(|_| StoreError::Corrupt(format!("{path}: expiresAt")))?,
+            ),
+            None => None,
+        };
+        Ok(Summary {
+            expires_at,
+            scopes: record
+                .data
+                .get("scopes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            token_type: text("tokenType").unwrap_or("Bearer").to_owned(),
+            created_by: meta("createdBy").unwrap_or("").to_owned(),
+            auto_refresh: meta("autoRefresh") == Some("true"),
+            refresh_count: meta("refreshCount")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            status: Status::parse(meta("status").unwrap_or("active")),
+            has_refresh_token: text("refreshToken").is_some(),
+            version: record.version,
+            updated_at: record.updated_at.clone(),
+        })
+    }
+
+    /// The summary of a credential about to be (or just) written.
+    pub fn of(c: &Credential, version: u64, updated_at: String) -> Self {
+        Summary {
+            expires_at: c.expires_at,
+            scopes: c.scopes.clone(),
+            token_type: c.token_type.clone(),
+            created_by: c.created_by.clone(),
+            auto_refresh: c.auto_refresh,
+            refresh_count: c.refresh_count,
+            status: c.status,
+            has_refresh_token: c.refresh_token.is_some(),
+            version,
+            updated_at,
+        }
+    }
+
+    /// Metadata for `GET /api/admin/credentials/…` — never a secret.
+    pub fn to_json(&self, tenant: &str, integration: &str, now: OffsetDateTime) -> Value {
+        let status = match self.status {
+            Status::Active if !usable_at(self.expires_at, now) => "expired",
+            other => other.as_str(),
+        };
+        json!({
+            "tenant": tenant,
+            "integration": integration,
+            "expiresAt": self.expires_at.map(rfc3339),
+            "scopes": self.scopes,
+            "tokenType": self.token_type,
+            "version": self.version,
+            "refreshCount": self.refresh_count,
+            "updatedAt": self.updated_at,
+            "autoRefresh": self.auto_refresh,
+            "hasRefreshToken": self.has_refresh_token,
+            "status": status,
+        })
+    }
+}
+
+/// Reads a credential's plain fields only: one store read, no decryption.
+pub async fn load_summary(
+    store: &dyn Store,
+    tenant: &str,
+    integration: &str,
+) -> Result<Option<Summary>, StoreError> {
+    let path = record_path(tenant, integration);
+    match store.read(&path).await? {
+        Some(record) => Summary::from_record(&record, &path).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Reads and decrypts one credential (one store read, one batch decrypt).
 pub async fn load(
     store: &dyn Store,
@@ -104,6 +208,7 @@ pub async fn load(
     let Some(record) = store.read(&path).await? else {
         return Ok(None);
     };
+    let summary = Summary::from_record(&record, &path)?;
     let corrupt = |what: &str| StoreError::Corrupt(format!("{path}: {what}"));
     let text = |k: &str| record.data.get(k).and_then(Value::as_str);
     let access = text("accessToken").ok_or_else(|| corrupt("no accessToken"))?;
@@ -120,37 +225,21 @@ pub async fn load(
         .map_err(|_| corrupt("token is not UTF-8"))?;
     let refresh_token = (plain.len() > 1).then(|| plain.remove(1));
     let access_token = plain.remove(0);
-    let expires_at = match text("expiresAt") {
-        Some(s) => Some(OffsetDateTime::parse(s, &Rfc3339).map_err(|_| corrupt("expiresAt"))?),
-        None => None,
-    };
-    let meta = |k: &str| record.metadata.get(k).map(String::as_str);
     let credential = Credential {
         access_token,
         refresh_token,
-        expires_at,
-        scopes: record
-            .data
-            .get("scopes")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        token_type: text("tokenType").unwrap_or("Bearer").to_owned(),
-        created_by: meta("createdBy").unwrap_or("").to_owned(),
-        auto_refresh: meta("autoRefresh") == Some("true"),
-        refresh_count: meta("refreshCount")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        status: Status::parse(meta("status").unwrap_or("active")),
+        expires_at: summary.expires_at,
+        scopes: summary.scopes,
+        token_type: summary.token_type,
+        created_by: summary.created_by,
+        auto_refresh: summary.auto_refresh,
+        refresh_count: summary.refresh_count,
+        status: summary.status,
     };
     Ok(Some(Stored {
         credential,
-        version: record.version,
-        updated_at: record.updated_at,
+        version: summary.version,
+        updated_at: summary.updated_at,
     }))
 }
 
@@ -471,28 +560,6 @@ pub fn store_error(e: &StoreError) -> ProxyError {
             ProxyError::Internal
         }
     }
-}
-
-/// Record metadata for `GET /api/admin/credentials/…` — never a secret.
-pub fn metadata_json(tenant: &str, integration: &str, s: &Stored, now: OffsetDateTime) -> Value {
-    let c = &s.credential;
-    let status = match c.status {
-        Status::Active if !usable_at(c.expires_at, now) => "expired",
-        other => other.as_str(),
-    };
-    json!({
-        "tenant": tenant,
-        "integration": integration,
-        "expiresAt": c.expires_at.map(rfc3339),
-        "scopes": c.scopes,
-        "tokenType": c.token_type,
-        "version": s.version,
-        "refreshCount": c.refresh_count,
-        "updatedAt": s.updated_at,
-        "autoRefresh": c.auto_refresh,
-        "hasRefreshToken": c.refresh_token.is_some(),
-        "status": status,
-    })
 }
 
 #[cfg(test)]

@@ -146,13 +146,11 @@ async fn put(
             ..Default::default()
         },
     );
-    let stored = credentials::Stored {
-        credential,
-        version,
-        updated_at: String::new(),
-    };
-    let mut meta =
-        credentials::metadata_json(tenant, integration, &stored, OffsetDateTime::now_utc());
+    let mut meta = credentials::Summary::of(&credential, version, String::new()).to_json(
+        tenant,
+        integration,
+        OffsetDateTime::now_utc(),
+    );
     meta["updatedAt"] = json!(null);
     let status = if current.is_some() {
         StatusCode::OK
@@ -170,11 +168,13 @@ async fn get(
     tenant: &str,
     integration: &str,
 ) -> Result<Response<Body>, ProxyError> {
-    let stored = credentials::load(state.credentials.store().as_ref(), tenant, integration)
-        .await
-        .map_err(|e| store_error(&e))?
-        .ok_or(ProxyError::NotFound)?;
-    let meta = credentials::metadata_json(tenant, integration, &stored, OffsetDateTime::now_utc());
+    // Metadata only: read the record, decrypt nothing.
+    let summary =
+        credentials::load_summary(state.credentials.store().as_ref(), tenant, integration)
+            .await
+            .map_err(|e| store_error(&e))?
+            .ok_or(ProxyError::NotFound)?;
+    let meta = summary.to_json(tenant, integration, OffsetDateTime::now_utc());
     Ok(json_response(StatusCode::OK, &meta))
 }
 
