@@ -31,26 +31,11 @@ step() {
   printf '\n==> %s\n' "$*"
 }
 
-venv_ok() {
-  [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
-}
+# shellcheck source=scripts/venv.sh
+source "$ROOT/scripts/venv.sh"
 
 step "Python environment ($VENV)"
-if ! venv_ok; then
-  rm -rf "$VENV"
-  if ! "$PYTHON" -m venv "$VENV"; then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-      rm -rf "$VENV"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      "$PYTHON" -m venv "$VENV"
-    else
-      echo "error: '$PYTHON -m venv' failed; install python3-venv" >&2
-      exit 1
-    fi
-  fi
-fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+ensure_venv
 export PATH="$VENV/bin:$PATH"
 checks=(python "$ROOT/deploy/tools/deploy_checks.py")
 
