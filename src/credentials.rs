@@ -398,6 +398,19 @@ impl Credentials {
             Some(_) => self.stale.inc(),
             None => self.miss.inc(),
         }
+        // Boxed: the hit path's future stays small (it is moved with every
+        // proxied request), the reload's is large.
+        Box::pin(self.reload(key, tenant, integration, now)).await
+    }
+
+    /// Loads (or refreshes) a credential into the cache, one caller at a time.
+    async fn reload(
+        &self,
+        key: Key,
+        tenant: &Arc<str>,
+        integration: &Arc<str>,
+        now: OffsetDateTime,
+    ) -> Result<Arc<Cached>, ProxyError> {
         let max_age = self.max_age;
         let result = self
             .cache

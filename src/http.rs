@@ -70,7 +70,10 @@ pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         })
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid is ascii")
+            // A thread-local CSPRNG (uuid's `fast-rng`): no syscall per request.
+            let mut buf = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(id).expect("uuid is ascii")
         })
 }
 
@@ -99,13 +102,15 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A streamed body that fails when no frame arrives for `idle`: a stalled
-    /// peer cannot hold a connection and its buffers forever.
+    /// A streamed body that fails when no frame arrives for `idle` while it
+    /// is waited on: a stalled peer cannot hold a connection and its buffers
+    /// forever. The timer is armed only when the body makes its reader wait,
+    /// so a body that is ready when read costs no timer at all.
     pub struct IdleTimeout<B> {
         #[pin]
         inner: B,
         #[pin]
-        sleep: tokio::time::Sleep,
+        sleep: Option<tokio::time::Sleep>,
         idle: std::time::Duration,
     }
 }
@@ -114,7 +119,7 @@ impl<B> IdleTimeout<B> {
     pub fn new(inner: B, idle: std::time::Duration) -> Self {
         IdleTimeout {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: None,
             idle,
         }
     }
@@ -149,14 +154,18 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + *this.idle;
-                this.sleep.as_mut().reset(deadline);
+                this.sleep.set(None);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdle)))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.sleep.is_none() {
+                    this.sleep.set(Some(tokio::time::sleep(*this.idle)));
+                }
+                match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(StreamIdle)))),
+                    _ => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -65,7 +65,7 @@ pub async fn handle(
         Ok(resp) => resp,
         Err(e) => {
             let drained = match body {
-                Some(body) => drain(body).await,
+                Some(body) => Box::pin(drain(body)).await,
                 None => true,
             };
             let mut resp = error_response(e, request_id);
@@ -191,13 +191,38 @@ async fn forward(
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
+    // Boxed: rare, and its future would otherwise grow every request's.
+    let retry = retry_head.map(|head| (head, kept.unwrap_or_default()));
+    Box::pin(after_unauthorized(
+        state,
+        live,
+        route,
+        &tenant,
+        credential.version,
+        retry,
+        resp,
+    ))
+    .await
+}
 
-    // Upstream 401: the credential was revoked or rotated behind our back.
-    let Some((method, uri, mut headers)) = retry_head else {
+type RetryHead = (Method, http::Uri, http::HeaderMap);
+
+/// Upstream 401: the credential was revoked or rotated behind our back.
+/// Refreshes it, and sends the request again when its body was kept.
+async fn after_unauthorized(
+    state: &AppState,
+    live: &Live,
+    route: &Route,
+    tenant: &Arc<str>,
+    used: u64,
+    retry: Option<(RetryHead, bytes::Bytes)>,
+    resp: Response<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let Some(((method, uri, mut headers), kept)) = retry else {
         // Not replayable; refresh anyway so the caller's own retry succeeds.
         if let Err(e) = state
             .credentials
-            .refresh_after_unauthorized(&tenant, &route.integration, credential.version)
+            .refresh_after_unauthorized(tenant, &route.integration, used)
             .await
         {
             tracing::debug!(error = %e, "refresh after upstream 401 failed");
@@ -207,11 +232,11 @@ async fn forward(
     drop(resp);
     let fresh = state
         .credentials
-        .refresh_after_unauthorized(&tenant, &route.integration, credential.version)
+        .refresh_after_unauthorized(tenant, &route.integration, used)
         .await?;
     let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);
-    let mut retry = Request::new(full(kept.unwrap_or_default()));
+    let mut retry = Request::new(full(kept));
     *retry.method_mut() = method;
     *retry.uri_mut() = uri;
     *retry.headers_mut() = headers;
@@ -233,7 +258,7 @@ async fn send(
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
-    let resp = state.upstream.send(req).await;
+    let resp = state.upstream.send(&route.upstream, req).await;
     state
         .metrics
         .upstream_request_duration_seconds

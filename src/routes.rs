@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use http::uri::{Authority, Scheme};
-
 use crate::config::{Config, Inject, RouteConfig};
+use crate::upstream::Target;
 
 #[derive(Debug)]
 pub struct Route {
@@ -17,8 +16,8 @@ pub struct Route {
     pub integration: Arc<str>,
     pub path_prefix: Option<String>,
     pub host: Option<String>,
-    pub upstream_scheme: Scheme,
-    pub upstream_authority: Authority,
+    /// Where requests go: the upstream's connection pool and `Host`.
+    pub upstream: Target,
     /// Upstream base path without a trailing `/` (empty for the root).
     pub upstream_base: String,
     pub strip_prefix: bool,
@@ -44,8 +43,10 @@ impl Route {
             integration: c.integration.as_str().into(),
             path_prefix: c.path_prefix.clone(),
             host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
-            upstream_scheme: parts.scheme.expect("validated scheme"),
-            upstream_authority: parts.authority.expect("validated authority"),
+            upstream: Target::new(
+                parts.scheme.expect("validated scheme"),
+                parts.authority.expect("validated authority"),
+            ),
             upstream_base: base,
             strip_prefix: c.strip_prefix,
             required_scopes: c.required_scopes.clone(),
@@ -179,7 +180,7 @@ mod tests {
         let t = routes(TABLE);
         let r = t.find(Some("Slack.Example:8443"), "/github").unwrap();
         assert_eq!(&*r.integration, "slack");
-        assert_eq!(r.upstream_scheme, Scheme::HTTPS);
+        assert!(r.upstream.key().starts_with("https://"));
     }
 
     #[test]

@@ -274,17 +274,21 @@ async fn dispatch(
     let path = req.uri().path();
     if path.starts_with("/oauth/") || path.starts_with("/.well-known/") {
         let started = Instant::now();
-        let resp = match state
-            .authority
-            .handle(req, conn.peer, rid.to_str().unwrap_or(""))
-            .await
+        // Boxed, like the admin branch: the proxy branch's future is moved
+        // with every proxied request and must not be as large as theirs.
+        let resp = match Box::pin(state.authority.handle(
+            req,
+            conn.peer,
+            rid.to_str().unwrap_or(""),
+        ))
+        .await
         {
             Some(r) => r,
             None => ProxyError::NotFound.into_response(rid.to_str().unwrap_or("")),
         };
         state.finish("oauth", started, resp)
     } else if path == "/api/admin" || path.starts_with("/api/admin/") {
-        admin::handle(state, req, conn.peer, rid).await
+        Box::pin(admin::handle(state, req, conn.peer, rid)).await
     } else {
         let proto = if conn.tls { "https" } else { "http" };
         proxy::handle(state, req, conn.peer, proto, rid).await

@@ -2,16 +2,28 @@
 //! into the upstream's (header hygiene), and the response's hop-by-hop
 //! clean-up. Bodies stream both ways; nothing here buffers.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client as HyperClient;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use tower_service::Service;
 
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
@@ -50,10 +62,25 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The pooled HTTP(S) client for all upstreams.
+/// How long an upstream connection may sit idle in the pool: between two and
+/// three sweeps of [`SWEEP`].
+const SWEEP: Duration = Duration::from_secs(30);
+const IDLE_SWEEPS: u64 = 3;
+/// Idle connections kept per upstream; more are closed when they come back.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
+
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// The HTTP(S) client for all upstreams: HTTP/1.1 keep-alive connections,
+/// pooled per upstream. A connection is driven by the task of the request
+/// using it (while the response head is awaited, then by the response body),
+/// not by a task of its own: a proxied request costs no extra task wake-ups
+/// or channel hops, and a response that arrived in one read is written to
+/// the caller in one write.
 #[derive(Clone)]
 pub struct Client {
-    inner: HyperClient<HttpsConnector<HttpConnector>, Body>,
+    connector: HttpsConnector<HttpConnector>,
+    pool: Arc<Pool>,
     response_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -71,11 +98,13 @@ impl Client {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let inner = HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
+        let pool = Arc::new(Pool::default());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&pool)));
+        }
         Client {
-            inner,
+            connector,
+            pool,
             response_timeout: Duration::from_secs(proxy.upstream_timeout_seconds),
             idle_timeout: Duration::from_secs(proxy.stream_idle_timeout_seconds),
         }
@@ -86,24 +115,277 @@ impl Client {
         self.idle_timeout
     }
 
-    /// Sends the request; errors are already classified for the caller.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
-        let resp = match tokio::time::timeout(self.response_timeout, self.inner.request(req)).await
-        {
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => return Err(classify(&e)),
-            Ok(Ok(r)) => r,
+    /// Sends the request (origin-form URI, `Host` set: see
+    /// [`upstream_parts`]) to `target`; errors are already classified for
+    /// the caller.
+    pub async fn send(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        match tokio::time::timeout(self.response_timeout, self.exchange(target, req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Ok(r) => r,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let key = &target.key;
+        let pooled = self.pool.checkout(key);
+        let (mut conn, resp) = match pooled {
+            Some(mut conn) => match conn.request(req).await {
+                Ok(resp) => (conn, resp),
+                // The upstream closed the idle connection as we took it, before
+                // anything was sent: safe to send again on a fresh one.
+                Err(mut e) => match e.take_message() {
+                    Some(req) => Box::pin(self.fresh(target, req)).await?,
+                    None => return Err(classify(e.error())),
+                },
+            },
+            // Boxed: connecting (DNS, TCP, TLS) is a large future and rare.
+            None => Box::pin(self.fresh(target, req)).await?,
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, STRIP_RESPONSE);
+        // An answer without a body leaves the connection idle at once.
+        let conn = if body.is_end_stream() {
+            if conn.settle() {
+                self.pool.checkin(key, conn);
+            }
+            None
+        } else {
+            Some(conn)
+        };
+        let body = UpstreamBody {
+            body,
+            conn,
+            pool: self.pool.clone(),
+            key: key.clone(),
+        };
         Ok(Response::from_parts(
             parts,
             IdleTimeout::new(body, self.idle_timeout).boxed_unsync(),
         ))
     }
+
+    async fn fresh(
+        &self,
+        target: &Target,
+        req: Request<Body>,
+    ) -> Result<(Box<Conn>, Response<Incoming>), ProxyError> {
+        let mut conn = self.connect(target).await?;
+        match conn.request(req).await {
+            Ok(resp) => Ok((conn, resp)),
+            Err(e) => Err(classify(e.error())),
+        }
+    }
+
+    async fn connect(&self, target: &Target) -> Result<Box<Conn>, ProxyError> {
+        let uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| ProxyError::Internal)?;
+        let io = self.connector.clone().call(uri).await.map_err(|e| {
+            tracing::warn!(error = %e, upstream = %target.authority, "upstream connect failed");
+            ProxyError::UpstreamUnavailable
+        })?;
+        let (tx, conn) = http1::handshake(io).await.map_err(|e| classify(&e))?;
+        // Boxed once for its lifetime: it moves between pool, request and
+        // body, and its buffers are large.
+        Ok(Box::new(Conn {
+            tx,
+            conn,
+            idle_since: 0,
+            done: false,
+        }))
+    }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+/// An upstream server, prepared once per route: its pool key and the
+/// `Host` its requests carry.
+#[derive(Debug, Clone)]
+pub struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// `scheme://authority`, lower-case: which pool a connection belongs to.
+    key: Arc<str>,
+    host: HeaderValue,
+}
+
+impl Target {
+    pub fn new(scheme: Scheme, authority: Authority) -> Self {
+        let default = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        // The authority without the scheme's default port.
+        let host = match authority.port_u16() {
+            Some(p) if p != default => authority.as_str(),
+            _ => authority.host(),
+        };
+        Target {
+            key: format!("{scheme}://{authority}")
+                .to_ascii_lowercase()
+                .into(),
+            host: HeaderValue::from_str(host).expect("an authority is a valid header value"),
+            scheme,
+            authority,
+        }
+    }
+
+    /// `scheme://authority`, lower-case.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// One upstream connection: the request half and the connection state,
+/// which the current user polls.
+struct Conn {
+    tx: http1::SendRequest<Body>,
+    conn: http1::Connection<Io, Body>,
+    /// The pool's sweep count when the connection went idle.
+    idle_since: u64,
+    /// The connection future has completed and must not be polled again.
+    done: bool,
+}
+
+impl Conn {
+    /// Sends one request, driving the connection until the response head
+    /// is in.
+    async fn request(
+        &mut self,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
+        let mut answer = std::pin::pin!(self.tx.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            // Writes the request and reads the answer; when the connection
+            // ends first, the answer carries the reason.
+            self.drive(cx);
+            answer.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Polls the connection; false once it has ended (closed or failed).
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done && Pin::new(&mut self.conn).poll(cx).is_ready() {
+            self.done = true;
+        }
+        !self.done
+    }
+
+    /// Lets the connection finish the exchange; true when it is idle and
+    /// can take another request.
+    fn settle(&mut self) -> bool {
+        self.drive(&mut Context::from_waker(Waker::noop())) && self.tx.is_ready()
+    }
+}
+
+/// Idle connections by upstream (`Target::key`), newest last. Boxed: a
+/// connection moves between pool, request and body; a box moves as a
+/// pointer.
+#[derive(Default)]
+struct Pool {
+    #[allow(clippy::vec_box)]
+    idle: Mutex<HashMap<Arc<str>, Vec<Box<Conn>>>>,
+    sweeps: AtomicU64,
+}
+
+impl Pool {
+    /// A usable idle connection, if any.
+    fn checkout(&self, key: &str) -> Option<Box<Conn>> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let conns = idle.get_mut(key)?;
+        while let Some(mut conn) = conns.pop() {
+            if conn.settle() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, key: &Arc<str>, mut conn: Box<Conn>) {
+        conn.idle_since = self.sweeps.load(Ordering::Relaxed);
+        let mut idle = self.idle.lock().expect("pool lock");
+        let conns = match idle.get_mut(&**key) {
+            Some(conns) => conns,
+            None => idle.entry(key.clone()).or_default(),
+        };
+        if conns.len() < MAX_IDLE_PER_UPSTREAM {
+            conns.push(conn);
+        }
+    }
+}
+
+/// Closes connections idle too long or closed by the upstream, until the
+/// client is gone.
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let now = pool.sweeps.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut idle = pool.idle.lock().expect("pool lock");
+        for conns in idle.values_mut() {
+            conns.retain_mut(|c| now - c.idle_since < IDLE_SWEEPS && c.settle());
+        }
+    }
+}
+
+/// An upstream response body. It drives its connection and hands the
+/// connection back to the pool when the body ends.
+struct UpstreamBody {
+    body: Incoming,
+    conn: Option<Box<Conn>>,
+    pool: Arc<Pool>,
+    key: Arc<str>,
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(c) = this.conn.as_mut()
+            && !c.drive(cx)
+        {
+            // Closed or broken: what it read is in `body`, or its error is.
+            this.conn = None;
+        }
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if !this.body.is_end_stream() => {}
+            Some(Err(_)) => this.conn = None,
+            _ => {
+                if let Some(mut conn) = this.conn.take()
+                    && conn.settle()
+                {
+                    this.pool.checkin(&this.key, conn);
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+fn classify(e: &hyper::Error) -> ProxyError {
     // A body that broke the size limit while streaming surfaces here.
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -112,7 +394,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         }
         source = s.source();
     }
-    tracing::warn!(error = %e, connect = e.is_connect(), "upstream request failed");
+    tracing::warn!(error = %e, "upstream request failed");
     ProxyError::UpstreamUnavailable
 }
 
@@ -157,11 +439,9 @@ pub fn upstream_parts(
     let path_and_query = f
         .route
         .upstream_path_and_query(parts.uri.path(), parts.uri.query());
-    parts.uri = Uri::builder()
-        .scheme(f.route.upstream_scheme.clone())
-        .authority(f.route.upstream_authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    // Origin form: the connection already goes to the route's upstream.
+    parts.uri = PathAndQuery::try_from(path_and_query)
+        .map(Uri::from)
         .map_err(|_| ProxyError::bad_request("request path cannot be forwarded"))?;
     // h2 callers reach h1 upstreams; the client picks the wire version.
     parts.version = Version::HTTP_11;
@@ -172,12 +452,13 @@ pub fn upstream_parts(
     // A credential header of the caller's own (e.g. X-API-Key) never passes.
     h.remove(f.credential.0);
 
-    let peer_ip = f.peer.ip().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer_ip}"),
-        None => peer_ip,
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    let mut xff = Vec::with_capacity(64);
+    if let Some(prior) = h.get(&X_FORWARDED_FOR) {
+        xff.extend_from_slice(prior.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    let _ = write!(xff, "{}", f.peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
@@ -186,6 +467,7 @@ pub fn upstream_parts(
     }
     h.insert(X_REQUEST_ID.clone(), f.request_id.clone());
     h.insert(f.credential.0.clone(), f.credential.1.clone());
+    h.insert(header::HOST, f.route.upstream.host.clone());
     Ok(parts)
 }
 
@@ -238,7 +520,8 @@ mod tests {
             ),
         };
         let p = upstream_parts(parts, &f).unwrap();
-        assert_eq!(p.uri, "http://127.0.0.1:9000/mcp?x=1");
+        assert_eq!(p.uri, "/mcp?x=1");
+        assert_eq!(p.headers["host"], "127.0.0.1:9000");
         let h = &p.headers;
         assert_eq!(h["authorization"], "Bearer up");
         assert_eq!(h.get_all("authorization").iter().count(), 1);
@@ -249,7 +532,6 @@ mod tests {
             "keep-alive",
             "te",
             "proxy-authorization",
-            "host",
         ] {
             assert!(!h.contains_key(gone), "{gone} should be stripped");
         }
@@ -259,6 +541,19 @@ mod tests {
         assert_eq!(h["x-request-id"], "rid-1");
         assert_eq!(h["mcp-session-id"], "s1");
         assert_eq!(h["mcp-protocol-version"], "2025-11-25");
+    }
+
+    #[test]
+    fn target_host_drops_default_port_only() {
+        let t = |s: &str, a: &str| Target::new(s.parse().unwrap(), a.parse().unwrap());
+        assert_eq!(t("https", "API.Example:443").host, "API.Example");
+        assert_eq!(t("http", "api.example:80").host, "api.example");
+        assert_eq!(t("http", "api.example:443").host, "api.example:443");
+        assert_eq!(t("https", "10.0.0.1:8443").host, "10.0.0.1:8443");
+        assert_eq!(
+            t("https", "API.Example:443").key(),
+            "https://api.example:443"
+        );
     }
 
     #[test]
