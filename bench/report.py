@@ -141,6 +141,24 @@ def paced(rows: list[dict], out: list[str]) -> None:
     out.append("")
 
 
+def instr(rows: list[dict], out: list[str]) -> None:
+    if not rows:
+        return
+    out.append("## Instructions per request (callgrind)\n")
+    out.append(
+        "User-space instructions each proxy executes per proxied request (`bench/run.sh instr`: "
+        "valgrind's callgrind, 4 keep-alive connections, one request at a time, counted after a "
+        "warm-up). Exact and repeatable whatever else the machine does; kernel time (the TCP "
+        "loopback, most of the CPU a request costs) is not in it. `credgate@base` is another "
+        "build, given as `BASE_BIN`, for a before/after.\n"
+    )
+    out.append("| target | requests | instructions per request |")
+    out.append("|---|---:|---:|")
+    for r in rows:
+        out.append(f"| {r['target']} | {r['requests']} | {r['instructions'] / r['requests']:,.0f} |")
+    out.append("")
+
+
 def token(rows: list[dict], out: list[str]) -> None:
     if not rows:
         return
@@ -254,6 +272,7 @@ def main() -> None:
         )
     steady(lines(raw / "steady.jsonl"), out)
     paced(lines(raw / "paced.jsonl"), out)
+    instr(lines(raw / "instr.jsonl"), out)
     token(lines(raw / "token.jsonl"), out)
     cold(lines(raw / "cold.jsonl"), out)
     crit = raw / "criterion.txt"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole benchmark, one command:  bench/run.sh  [steady|paced|token|cold|micro|scale|sched ...]
+# The whole benchmark, one command:  bench/run.sh  [steady|paced|instr|token|cold|micro|scale|sched ...]
 #
 # Builds release, starts the bench upstream, nginx and credgate, seeds a
 # client and a credential through the admin API, runs wrk with interleaved
@@ -20,7 +20,7 @@ DURATION="${DURATION:-10s}"
 CONNS="${CONNS:-32 128}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
-SECTIONS="${*:-steady paced token cold micro scale sched}"
+SECTIONS="${*:-steady paced instr token cold micro scale sched}"
 OUT="${OUT:-$ROOT/target/bench-out}"
 WORK="$(mktemp -d /tmp/credgate-bench.XXXXXX)"
 UPSTREAM_PORT=18081 NGINX_PORT=18082 CREDGATE_PORT=18083 OPS_PORT=18084
@@ -244,6 +244,62 @@ sched() {
         cargo bench --quiet --bench scale -- --vault 2>&1 | tee "$OUT/sched-run.txt" |
         grep '^JSON ' | sed 's/^JSON //' >"$OUT/sched.jsonl"
     kill "$bpid" 2>/dev/null || true
+}
+
+# User-space instructions per proxied request (callgrind): exact and repeatable
+# whatever else the machine does, unlike req/s. credgate and nginx each serve
+# INSTR_N requests (after a warm-up) to the bench upstream; BASE_BIN=<path>
+# adds another credgate binary (e.g. built from an earlier commit) for a
+# before/after. Kernel time is not counted.
+INSTR_N="${INSTR_N:-2000}"
+instr_count() { # <target label> <callgrind out dir> <pid>
+    callgrind_control -d "$3" >/dev/null
+    sleep 1
+    kill "$3" 2>/dev/null || true
+    wait "$3" 2>/dev/null || true
+    local ir
+    ir=$(grep -h '^summary:' "$2"/cg.out.*.1 | awk '{print $2}')
+    echo "{\"target\":\"$1\",\"requests\":$INSTR_N,\"instructions\":$ir}" >>"$OUT/instr.jsonl"
+    echo "   $1: $((ir / INSTR_N)) instructions per request"
+}
+instr_credgate() { # <label> <binary>
+    local dir="$WORK/instr-$1" pid
+    mkdir -p "$dir"
+    STORE="backend = \"embedded\"\npath = \"$dir/store\"\n"
+    render bench/credgate.toml.in "$dir/credgate.toml"
+    CREDGATE_ADMIN_TOKEN="$ADMIN_TOKEN" CREDGATE_MASTER_KEY="$(head -c32 /dev/urandom | base64)" \
+        valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out.%p" \
+        "$2" serve --config "$dir/credgate.toml" >"$dir/log" 2>&1 &
+    pid=$!
+    PIDS+=($pid)
+    wait_http "http://127.0.0.1:$OPS_PORT/healthz" 600
+    seed instr
+    "$PY" bench/instr.py "$CREDGATE_PORT" /github/mcp 300
+    callgrind_control -z "$pid" >/dev/null
+    "$PY" bench/instr.py "$CREDGATE_PORT" /github/mcp "$INSTR_N"
+    instr_count "$1" "$dir" "$pid"
+}
+instr() {
+    echo "==> instructions per request (callgrind), $INSTR_N requests each"
+    need valgrind valgrind
+    start_upstream
+    rm -f "$OUT/instr.jsonl"
+    instr_credgate credgate "$ROOT/target/release/credgate"
+    [[ -z "${BASE_BIN:-}" ]] || instr_credgate credgate@base "$BASE_BIN"
+    local dir="$WORK/instr-nginx" pid
+    mkdir -p "$dir"/nginx-{body,proxy,fastcgi,uwsgi,scgi}
+    # Its own port: the steady section's nginx may still be up.
+    WORK="$dir" NGINX_PORT=18092 render bench/nginx.conf.in "$dir/nginx.conf"
+    sed -i 's/^daemon off;/daemon off;\nmaster_process off;/' "$dir/nginx.conf"
+    valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out.%p" \
+        nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/nginx-error.log" >"$dir/log" 2>&1 &
+    pid=$!
+    PIDS+=($pid)
+    wait_http "http://127.0.0.1:18092/github/mcp" 600
+    "$PY" bench/instr.py 18092 /github/mcp 300
+    callgrind_control -z "$pid" >/dev/null
+    "$PY" bench/instr.py 18092 /github/mcp "$INSTR_N"
+    instr_count nginx "$dir" "$pid"
 }
 
 # Not in the default set: perf profile of credgate under the steady load.
