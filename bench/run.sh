@@ -94,7 +94,7 @@ start_credgate() {
         taskset -c "$PROXY_CPU" "$ROOT/target/release/credgate" serve --config "$WORK/credgate.toml" \
         >"$WORK/credgate.log" 2>&1 &
     CREDGATE_PID=$!
-    PIDS+=($CREDGATE_PID)
+    PIDS+=("$CREDGATE_PID")
     wait_http "http://127.0.0.1:$OPS_PORT/healthz"
 }
 
@@ -236,7 +236,7 @@ sched() {
     env -u VAULT_ADDR -u VAULT_TOKEN "$bao" server -dev -dev-root-token-id="$btoken" \
         -dev-listen-address="127.0.0.1:$bport" >"$WORK/bao-scale.log" 2>&1 &
     local bpid=$!
-    PIDS+=($bpid)
+    PIDS+=("$bpid")
     wait_http "http://127.0.0.1:$bport/v1/sys/health" 600
     curl -sf -X POST -H "X-Vault-Token: $btoken" -d '{"type":"transit"}' \
         "http://127.0.0.1:$bport/v1/sys/mounts/transit" >/dev/null
@@ -271,7 +271,7 @@ instr_credgate() { # <label> <binary>
         valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out.%p" \
         "$2" serve --config "$dir/credgate.toml" >"$dir/log" 2>&1 &
     pid=$!
-    PIDS+=($pid)
+    PIDS+=("$pid")
     wait_http "http://127.0.0.1:$OPS_PORT/healthz" 600
     seed instr
     "$PY" bench/instr.py "$CREDGATE_PORT" /github/mcp 300
@@ -294,7 +294,7 @@ instr() {
     valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out.%p" \
         nginx -c "$dir/nginx.conf" -p "$dir" -e "$dir/nginx-error.log" >"$dir/log" 2>&1 &
     pid=$!
-    PIDS+=($pid)
+    PIDS+=("$pid")
     wait_http "http://127.0.0.1:18092/github/mcp" 600
     "$PY" bench/instr.py 18092 /github/mcp 300
     callgrind_control -z "$pid" >/dev/null
