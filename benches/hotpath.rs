@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,7 +112,7 @@ fn hot_path(c: &mut Criterion) {
     let cached = rt
         .block_on(state.credentials.get(&tenant, &integration))
         .expect("credential");
-    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("addr");
+    let peer_ip = http::HeaderValue::from_static("127.0.0.1");
     let request_id = HeaderValue::from_static("0123456789abcdef");
     c.bench_function("inject_upstream_parts", |b| {
         b.iter_batched(
@@ -133,7 +132,7 @@ fn hot_path(c: &mut Criterion) {
                     parts,
                     &Forward {
                         route,
-                        peer,
+                        peer_ip: &peer_ip,
                         proto: "http",
                         request_id: &request_id,
                         credential: (&header::AUTHORIZATION, cached.bearer.clone()),

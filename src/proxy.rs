@@ -38,6 +38,7 @@ pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
     peer: SocketAddr,
+    peer_ip: &HeaderValue,
     proto: &'static str,
     request_id: &HeaderValue,
 ) -> Response<Body> {
@@ -58,7 +59,7 @@ pub async fn handle(
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let resp = match forward(
-        state, &live, route, parts, &mut body, peer, proto, request_id,
+        state, &live, route, parts, &mut body, peer, peer_ip, proto, request_id,
     )
     .await
     {
@@ -82,9 +83,16 @@ pub async fn handle(
 /// Whether the path has a `.` or `..` segment, plain or percent-encoded: the
 /// upstream would resolve it outside the route's prefix (RFC 3986 §5.2.4).
 fn has_dot_segment(path: &str) -> bool {
+    // One dot, plain or `%2e`; returns what follows it.
+    fn dot(s: &[u8]) -> Option<&[u8]> {
+        match s {
+            [b'.', rest @ ..] => Some(rest),
+            [b'%', b'2', e, rest @ ..] if e.eq_ignore_ascii_case(&b'e') => Some(rest),
+            _ => None,
+        }
+    }
     path.split('/').any(|segment| {
-        let s = segment.to_ascii_lowercase().replace("%2e", ".");
-        s == "." || s == ".."
+        dot(segment.as_bytes()).is_some_and(|rest| rest.is_empty() || dot(rest) == Some(&[]))
     })
 }
 
@@ -102,6 +110,7 @@ async fn forward(
     parts: http::request::Parts,
     body: &mut Option<Incoming>,
     peer: SocketAddr,
+    peer_ip: &HeaderValue,
     proto: &'static str,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
@@ -143,7 +152,7 @@ async fn forward(
         parts,
         &Forward {
             route,
-            peer,
+            peer_ip,
             proto,
             request_id,
             credential: inject(live, route, &credential),
@@ -399,6 +408,35 @@ pub fn inject_headers(routes: &crate::routes::Routes) -> Vec<HeaderName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_plain_or_encoded() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/.",
+            "/a/%2e%2E/b",
+            "/a/%2E/b",
+            "/a/.%2e",
+            "/a/%2e.",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for ok in [
+            "/a/b",
+            "/a/.b",
+            "/a/..b",
+            "/a/...",
+            "/a/%2e%2e%2e",
+            "/a/%2f",
+            "/a/b.",
+            "/%2",
+            "/",
+        ] {
+            assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
 
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {

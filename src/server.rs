@@ -34,9 +34,11 @@ use crate::{admin, ops, proxy};
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a handler knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP, formatted once per connection (`X-Forwarded-For`).
+    pub peer_ip: http::HeaderValue,
     pub tls: bool,
 }
 
@@ -224,9 +226,11 @@ where
             let _slot = slot;
             let conn = ConnInfo {
                 peer,
+                peer_ip: http::HeaderValue::try_from(peer.ip().to_string())
+                    .expect("an IP is a header value"),
                 tls: tls.is_some(),
             };
-            let svc = service_fn(move |req| handler(req, conn));
+            let svc = service_fn(move |req| handler(req, conn.clone()));
             match tls {
                 None => serve_conn(&builder, watcher, stream, svc).await,
                 Some(acceptor) => {
@@ -291,6 +295,6 @@ async fn dispatch(
         Box::pin(admin::handle(state, req, conn.peer, rid)).await
     } else {
         let proto = if conn.tls { "https" } else { "http" };
-        proxy::handle(state, req, conn.peer, proto, rid).await
+        proxy::handle(state, req, conn.peer, &conn.peer_ip, proto, rid).await
     }
 }

@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write as _;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -400,6 +398,12 @@ fn classify(e: &hyper::Error) -> ProxyError {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap, fixed: &[HeaderName]) {
+    // Usually there is none: one pass of cheap name comparisons instead of a
+    // hashed removal per name.
+    let hop = |k: &HeaderName| fixed.contains(k) || k == KEEP_ALIVE || k == PROXY_CONNECTION;
+    if !h.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -417,7 +421,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap, fixed: &[HeaderName]) {
 /// What the forwarded request needs besides the caller's request.
 pub struct Forward<'a> {
     pub route: &'a Route,
-    pub peer: SocketAddr,
+    /// The caller's address, as `X-Forwarded-For` writes it.
+    pub peer_ip: &'a HeaderValue,
     /// `https` when the caller reached credgate over TLS.
     pub proto: &'static str,
     pub request_id: &'a HeaderValue,
@@ -452,13 +457,17 @@ pub fn upstream_parts(
     // A credential header of the caller's own (e.g. X-API-Key) never passes.
     h.remove(f.credential.0);
 
-    let mut xff = Vec::with_capacity(64);
-    if let Some(prior) = h.get(&X_FORWARDED_FOR) {
-        xff.extend_from_slice(prior.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    let _ = write!(xff, "{}", f.peer.ip());
-    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+    let xff = match h.get(&X_FORWARDED_FOR) {
+        None => Some(f.peer_ip.clone()),
+        Some(prior) => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + f.peer_ip.len());
+            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(f.peer_ip.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+    };
+    if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR.clone(), v);
     }
     h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(f.proto));
@@ -511,7 +520,7 @@ mod tests {
         let rid = HeaderValue::from_static("rid-1");
         let f = Forward {
             route,
-            peer: "127.0.0.1:5555".parse().unwrap(),
+            peer_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "http",
             request_id: &rid,
             credential: (
@@ -581,7 +590,7 @@ mod tests {
         let rid = HeaderValue::from_static("r");
         let f = Forward {
             route,
-            peer: "127.0.0.1:1".parse().unwrap(),
+            peer_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "http",
             request_id: &rid,
             credential: (&name, HeaderValue::from_static("real")),
