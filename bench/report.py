@@ -266,9 +266,9 @@ def main() -> None:
         out.append("## Machine\n")
         out.append("```\n" + machine.read_text().strip() + "\n```\n")
         out.append(
-            "Other work (builds, test suites) was running on this machine at the same time; "
-            "the load average above shows how much. Repetitions are interleaved so that noise "
-            "hits every target alike; read differences smaller than the spread as ties.\n"
+            "The load average above shows whether other work (builds, test suites) ran on the "
+            "machine at the same time. Repetitions are interleaved so that noise hits every "
+            "target alike; read differences smaller than the spread as ties.\n"
         )
     steady(lines(raw / "steady.jsonl"), out)
     paced(lines(raw / "paced.jsonl"), out)
