@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::ops::ControlFlow;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 
@@ -53,7 +54,23 @@ pub(super) enum Entry {
     },
 }
 
+/// Where one frame sits in a file: the store's index points at the latest
+/// record of each path this way, and reads it back on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Loc {
+    pub(super) at: u64,
+    /// Frame length, header included (at most 12 + [`MAX_PAYLOAD`]).
+    pub(super) len: u32,
+}
+
+impl Loc {
+    pub(super) fn end(self) -> u64 {
+        self.at + u64::from(self.len)
+    }
+}
+
 /// An entry read back, with where its frame sits in the file.
+#[cfg(test)]
 pub(super) struct Frame {
     pub(super) start: u64,
     pub(super) end: u64,
@@ -79,6 +96,15 @@ pub(super) fn encode(entry: &Entry) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// The entry in one frame's payload.
+pub(super) fn decode(payload: &[u8], start: u64) -> Result<Entry, StoreError> {
+    serde_json::from_slice(payload).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "entry at byte {start} is not a credgate entry: {e}"
+        ))
+    })
+}
+
 fn crc(len: &[u8], payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(len);
@@ -86,52 +112,145 @@ fn crc(len: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// The payload of a valid frame at the start of `buf`, with the frame length.
-fn frame_at(buf: &[u8]) -> Option<(&[u8], usize)> {
-    if buf.len() < FRAME_HEADER || buf[..4] != MAGIC {
-        return None;
-    }
-    let len_bytes = &buf[4..8];
-    let len = u32::from_le_bytes(len_bytes.try_into().ok()?) as usize;
-    let sum = u32::from_le_bytes(buf[8..12].try_into().ok()?);
-    let payload = buf.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
-    (len <= MAX_PAYLOAD && crc(len_bytes, payload) == sum).then_some((payload, FRAME_HEADER + len))
+/// What the bytes at the start of a buffer hold.
+enum At<'a> {
+    /// A valid frame: its payload and its whole length.
+    Frame(&'a [u8], usize),
+    /// The start of what could be a frame, cut off by the end of the buffer.
+    Short,
+    /// Not a valid frame.
+    Bad,
 }
 
-/// Parses the bytes of a file from offset `base`. Returns the frames and the
-/// offset just past the last valid one (anything after it is a torn tail).
-pub(super) fn parse(buf: &[u8], base: u64) -> Result<(Vec<Frame>, u64), StoreError> {
-    if base == 0 && !buf.is_empty() && !MAGIC.starts_with(&buf[..buf.len().min(4)]) {
-        return Err(StoreError::Corrupt("not a credgate store file".into()));
+fn frame_at(buf: &[u8]) -> At<'_> {
+    if !MAGIC.starts_with(&buf[..buf.len().min(MAGIC.len())]) {
+        return At::Bad;
     }
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while at < buf.len() {
-        let Some((payload, len)) = frame_at(&buf[at..]) else {
+    if buf.len() < FRAME_HEADER {
+        return At::Short;
+    }
+    let len_bytes = &buf[4..8];
+    let len = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+    if len > MAX_PAYLOAD {
+        return At::Bad;
+    }
+    let sum = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
+        return At::Short;
+    };
+    if crc(len_bytes, payload) == sum {
+        At::Frame(payload, FRAME_HEADER + len)
+    } else {
+        At::Bad
+    }
+}
+
+fn is_frame(buf: &[u8]) -> bool {
+    matches!(frame_at(buf), At::Frame(..))
+}
+
+/// Bytes read per step when scanning a file; a bigger frame is read whole.
+const SCAN_CHUNK: usize = if cfg!(test) { 700 } else { 1 << 20 };
+
+/// Calls `visit(start, end, payload)` on each valid frame between `from` and
+/// `to`, in order, reading `SCAN_CHUNK` bytes at a time (`read(a, b)` returns
+/// the bytes from `a` to `b`, fewer if the file is shorter). Returns the
+/// offset just past the last valid frame: anything after it is a torn tail.
+/// Stops early when `visit` breaks.
+fn scan_with(
+    mut read: impl FnMut(u64, u64) -> Result<Vec<u8>, StoreError>,
+    from: u64,
+    mut to: u64,
+    mut visit: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<u64, StoreError> {
+    let mut buf: Vec<u8> = Vec::new();
+    // File offsets of buf[0] and of the byte after buf's end.
+    let (mut base, mut read_to) = (from, from);
+    loop {
+        let mut at = 0;
+        let stop = loop {
+            match frame_at(&buf[at..]) {
+                At::Frame(payload, len) => {
+                    let start = base + at as u64;
+                    at += len;
+                    if visit(start, base + at as u64, payload)?.is_break() {
+                        return Ok(base + at as u64);
+                    }
+                }
+                At::Short if read_to < to => break false,
+                At::Short | At::Bad => break true,
+            }
+        };
+        if stop {
             let bad = base + at as u64;
+            if at == buf.len() {
+                return Ok(bad);
+            }
+            let mut rest = buf.split_off(at);
+            if read_to < to {
+                rest.extend(read(read_to, to)?);
+            }
             // A valid frame after the bad one means it is not a torn tail.
-            if (at + 1..buf.len()).any(|i| frame_at(&buf[i..]).is_some()) {
+            if (1..rest.len()).any(|i| is_frame(&rest[i..])) {
                 return Err(StoreError::Corrupt(format!(
                     "damaged entry at byte {bad} with valid entries after it"
                 )));
             }
             tracing::debug!(offset = bad, "ignoring a torn tail in the store log");
-            break;
+            return Ok(bad);
+        }
+        buf.drain(..at);
+        base += at as u64;
+        // The pending frame's whole length, when its header is in.
+        let pending = match buf.get(4..8) {
+            Some(b) => FRAME_HEADER + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            None => FRAME_HEADER,
         };
-        let start = base + at as u64;
-        let entry = serde_json::from_slice(payload).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "entry at byte {start} is not a credgate entry: {e}"
-            ))
-        })?;
-        at += len;
-        frames.push(Frame {
-            start,
-            end: base + at as u64,
-            entry,
-        });
+        let want = SCAN_CHUNK.max(pending.saturating_sub(buf.len())) as u64;
+        let next = (read_to + want).min(to);
+        let more = read(read_to, next)?;
+        if base == 0 && buf.is_empty() && !MAGIC.starts_with(&more[..more.len().min(4)]) {
+            return Err(StoreError::Corrupt("not a credgate store file".into()));
+        }
+        if (more.len() as u64) < next - read_to {
+            to = read_to + more.len() as u64; // shrank meanwhile: parse what we have
+        }
+        read_to += more.len() as u64;
+        buf.extend(more);
     }
-    Ok((frames, base + at as u64))
+}
+
+/// [`scan_with`] over the file of `log`.
+pub(super) fn scan(
+    log: &LogFile,
+    path: &Path,
+    from: u64,
+    to: u64,
+    visit: impl FnMut(u64, u64, &[u8]) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<u64, StoreError> {
+    scan_with(|a, b| log.read_from(path, a, b), from, to, visit)
+}
+
+/// Parses the bytes of a file from offset `base`. Returns the frames and the
+/// offset just past the last valid one (anything after it is a torn tail).
+#[cfg(test)]
+pub(super) fn parse(buf: &[u8], base: u64) -> Result<(Vec<Frame>, u64), StoreError> {
+    let mut frames = Vec::new();
+    let read = |a: u64, b: u64| {
+        let slice = |x: u64| ((x - base) as usize).min(buf.len());
+        Ok(buf[slice(a)..slice(b)].to_vec())
+    };
+    let end = scan_with(
+        read,
+        base,
+        base + buf.len() as u64,
+        |start, end, payload| {
+            let entry = decode(payload, start)?;
+            frames.push(Frame { start, end, entry });
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
+    Ok((frames, end))
 }
 
 /// Which file a path names right now; changes when compaction renames a new
@@ -173,7 +292,7 @@ impl LogFile {
         })
     }
 
-    /// Bytes from `from` to the end of the file.
+    /// Bytes from `from` to `to` (fewer if the file is shorter).
     pub(super) fn read_from(&self, path: &Path, from: u64, to: u64) -> Result<Vec<u8>, StoreError> {
         let want = usize::try_from(to.saturating_sub(from))
             .map_err(|_| StoreError::Corrupt("store file too large".into()))?;
@@ -189,6 +308,34 @@ impl LogFile {
         }
         buf.truncate(got);
         Ok(buf)
+    }
+
+    /// The whole frame at `loc`, checked (magic, length, CRC): its bytes and
+    /// its payload's range in them. The index only points at frames replay
+    /// found valid and nothing rewrites them, so a mismatch is damage.
+    pub(super) fn read_frame(
+        &self,
+        path: &Path,
+        loc: Loc,
+    ) -> Result<(Vec<u8>, std::ops::Range<usize>), StoreError> {
+        let bytes = self.read_from(path, loc.at, loc.end())?;
+        match frame_at(&bytes) {
+            At::Frame(payload, len) if len == bytes.len() => {
+                let payload = FRAME_HEADER..FRAME_HEADER + payload.len();
+                Ok((bytes, payload))
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "the entry at byte {} of {} changed after it was read",
+                loc.at,
+                path.display()
+            ))),
+        }
+    }
+
+    /// The entry of the frame at `loc` (see [`LogFile::read_frame`]).
+    pub(super) fn read_entry(&self, path: &Path, loc: Loc) -> Result<Entry, StoreError> {
+        let (bytes, payload) = self.read_frame(path, loc)?;
+        decode(&bytes[payload], loc.at)
     }
 
     /// Writes `bytes` at `at` (cutting any torn tail first) and syncs. On
@@ -251,6 +398,7 @@ mod tests {
         buf.extend(delete("bb"));
         let (frames, end) = parse(&buf, 100).unwrap();
         assert_eq!(frames.len(), 2);
+        assert!(matches!(&frames[1].entry, Entry::Delete { path } if path == "bb"));
         assert_eq!(frames[0].start, 100);
         assert_eq!(frames[1].start, frames[0].end);
         assert_eq!(end, 100 + buf.len() as u64);

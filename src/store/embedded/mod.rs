@@ -1,6 +1,9 @@
 //! The embedded store (the default backend): one append-only log file holding
 //! versioned records and per-keyring data keys, shared safely by several
-//! credgate processes.
+//! credgate processes. Memory holds only an index (path → where the current
+//! version's frame sits in the log, and its version) and the unwrapped data
+//! keys; a read takes the frame from the file (`pread`, through the page
+//! cache) and checks its CRC again.
 //!
 //! Like Vault KV v2 + Transit, record `data` and `metadata` are stored as
 //! given: callers put [`Store::encrypt`] ciphertexts in the secret fields and
@@ -10,7 +13,7 @@
 //! `context` (the record path) as associated data.
 //!
 //! Durability and sharing (`log.rs` has the frame format, `state.rs` the
-//! replay, `crypto.rs` the keys):
+//! replay into the index, `crypto.rs` the keys):
 //! - every write is one framed entry, appended and `sync_data`ed before it is
 //!   acknowledged; a crash mid-append leaves a torn tail that replay ignores
 //!   and the next writer cuts off, so the store holds the old or the new state;
@@ -18,10 +21,11 @@
 //!   other processes appended, check CAS against that, append, then unlock;
 //!   reads catch up first too (a `stat`, plus the new tail if any), so another
 //!   process's acknowledged write is visible at once;
-//! - when the log is well over the live data, a writer compacts it: live state
-//!   to `<path>.compact`, fsync, rename over the log, fsync the directory. The
-//!   new file's header carries a higher generation; other processes notice the
-//!   new inode and reload it.
+//! - when the log is well over the live data, a writer compacts it: the live
+//!   frames, copied as they are, to `<path>.compact`, fsync, rename over the
+//!   log, fsync the directory. The new file's header carries a higher
+//!   generation; other processes notice the new inode and reload it (a read
+//!   racing with that still has the old file open, whose frames never change).
 
 mod crypto;
 mod log;
@@ -47,8 +51,8 @@ use zeroize::Zeroizing;
 use super::{Cas, Plaintext, Record, Store, StoreError};
 use crate::config::StoreConfig;
 use crypto::KeyBytes;
-use log::{Entry, FileId, Frame, LogFile, io_err};
-use state::State;
+use log::{Entry, FileId, Loc, LogFile, io_err};
+use state::{Op, State};
 
 /// Compact only once the log is at least this big...
 const COMPACT_MIN_BYTES: u64 = 1 << 20;
@@ -74,7 +78,7 @@ struct Inner {
     /// The `<path>.lock` file; the mutex serializes this process's writers,
     /// the OS lock on the file serializes processes.
     writer: Mutex<File>,
-    /// Replayed log; held only briefly, never across file I/O that waits.
+    /// The replayed index; held only briefly, never across file I/O.
     state: Mutex<State>,
     compact_min_bytes: u64,
 }
@@ -195,15 +199,15 @@ impl Inner {
                     len,
                 });
             }
-            let (frames, _) = log::parse(&log.read_from(&self.path, offset, len)?, offset)?;
+            let ops = state::read_ops(&log, &self.path, offset, len)?;
             let mut s = self.state();
             if !Arc::ptr_eq(&s.log, &log) {
                 continue; // reloaded meanwhile: look again
             }
-            for frame in frames {
+            for (at, op) in ops {
                 // Another thread may have applied some of these already.
-                if frame.start >= s.offset {
-                    s.apply(frame, &self.master)?;
+                if at.at >= s.offset {
+                    s.apply(at, op, &self.master)?;
                 }
             }
             return Ok(Synced {
@@ -248,25 +252,36 @@ impl Inner {
     /// and applies it. Call only inside [`Inner::locked`].
     fn append(&self, synced: &Synced, entry: Entry) -> Result<(), StoreError> {
         let bytes = log::encode(&entry)?;
+        let op = Op::of(entry);
         synced
             .log
             .append(&self.path, synced.end, synced.len, &bytes)?;
         let mut s = self.state();
         // A concurrent reader in this process may have applied it already.
         if Arc::ptr_eq(&s.log, &synced.log) && s.offset == synced.end {
-            let frame = Frame {
-                start: synced.end,
-                end: synced.end + bytes.len() as u64,
-                entry,
+            let at = Loc {
+                at: synced.end,
+                // encode() refuses payloads over MAX_PAYLOAD: this fits.
+                len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
             };
-            s.apply(frame, &self.master)?;
+            s.apply(at, op, &self.master)?;
         }
         Ok(())
     }
 
+    /// The index says where; the record itself comes from the file the
+    /// index was built from (still readable through its handle if another
+    /// process has compacted meanwhile).
     fn read(&self, path: &str) -> Result<Option<Record>, StoreError> {
         self.refresh()?;
-        Ok(self.state().records.get(path).map(|l| l.record.clone()))
+        let (log, slot) = {
+            let s = self.state();
+            match s.records.get(path) {
+                Some(slot) => (Arc::clone(&s.log), *slot),
+                None => return Ok(None),
+            }
+        };
+        state::read_record(&log, &self.path, path, slot).map(Some)
     }
 
     fn write(
@@ -381,10 +396,13 @@ impl Inner {
         }
     }
 
-    /// Rewrites the live state into a new file and renames it over the log.
-    /// Call only inside [`Inner::locked`].
+    /// Copies the live frames into a new file and renames it over the log.
+    /// Call only inside [`Inner::locked`] (so the frames cannot change).
     fn compact(&self) -> Result<(), StoreError> {
-        let (header, entries) = self.state().compacted();
+        let (log, (header, frames)) = {
+            let s = self.state();
+            (Arc::clone(&s.log), s.compacted())
+        };
         let tmp = sibling(&self.path, ".compact");
         let written = (|| {
             let file = OpenOptions::new()
@@ -395,8 +413,11 @@ impl Inner {
                 .open(&tmp)
                 .map_err(|e| io_err("cannot create", &tmp, e))?;
             let mut out = BufWriter::new(file);
-            for entry in std::iter::once(&header).chain(&entries) {
-                out.write_all(&log::encode(entry)?)
+            out.write_all(&log::encode(&header)?)
+                .map_err(|e| io_err("cannot write", &tmp, e))?;
+            for at in &frames {
+                let (bytes, _) = log.read_frame(&self.path, *at)?;
+                out.write_all(&bytes)
                     .map_err(|e| io_err("cannot write", &tmp, e))?;
             }
             let file = out
@@ -412,7 +433,7 @@ impl Inner {
         }
         log::sync_dir(&self.path)?;
         self.refresh()?;
-        tracing::info!(path = %self.path.display(), records = entries.len(), "compacted the store log");
+        tracing::info!(path = %self.path.display(), frames = frames.len(), "compacted the store log");
         Ok(())
     }
 }

@@ -1,37 +1,114 @@
-//! The log replayed into memory: records, unwrapped data keys, and how far
-//! into which file the replay has got.
+//! The log replayed into a compact index: where the latest version of each
+//! record sits in the file (its contents stay on disk and are read on
+//! demand), the unwrapped data keys, and how far into which file the replay
+//! has got.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::crypto::{self, KeyBytes};
-use super::log::{self, Entry, Frame, LogFile, io_err};
+use super::log::{self, Entry, Loc, LogFile, io_err};
 use super::sibling;
 use crate::store::{Cas, Record, StoreError};
 
-/// The log replayed into memory, and how far it has been read.
+/// The log replayed into an index, and how far it has been read.
 pub(super) struct State {
     pub(super) log: Arc<LogFile>,
     pub(super) generation: u64,
     /// End of the last applied frame.
     pub(super) offset: u64,
     pub(super) key_check: String,
-    pub(super) records: BTreeMap<String, Live>,
-    pub(super) keys: HashMap<String, DataKey>,
+    /// Path → the frame of its current version.
+    pub(super) records: BTreeMap<Box<str>, Slot>,
+    pub(super) keys: HashMap<Box<str>, DataKey>,
     /// Bytes of the frames compaction would keep.
     pub(super) live_bytes: u64,
 }
 
-pub(super) struct Live {
-    pub(super) record: Record,
-    pub(super) frame_len: u64,
+/// Where a record's current version is, and which version it is (for
+/// check-and-set without reading the file).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot {
+    pub(super) loc: Loc,
+    pub(super) version: u64,
 }
 
 pub(super) struct DataKey {
     pub(super) key: KeyBytes,
-    pub(super) wrapped: String,
+    /// The `Key` entry that holds it wrapped (copied by compaction).
+    pub(super) loc: Loc,
+}
+
+/// What the index keeps of one entry: no record contents.
+pub(super) enum Op {
+    Header {
+        format: u32,
+        generation: u64,
+        key_check: String,
+    },
+    Put {
+        path: Box<str>,
+        version: u64,
+    },
+    Delete {
+        path: Box<str>,
+    },
+    Key {
+        keyring: Box<str>,
+        wrapped: String,
+    },
+}
+
+impl Op {
+    pub(super) fn of(entry: Entry) -> Self {
+        match entry {
+            Entry::Header {
+                format,
+                generation,
+                key_check,
+            } => Op::Header {
+                format,
+                generation,
+                key_check,
+            },
+            Entry::Put { path, version, .. } => Op::Put {
+                path: path.into(),
+                version,
+            },
+            Entry::Delete { path } => Op::Delete { path: path.into() },
+            Entry::Key { keyring, wrapped } => Op::Key {
+                keyring: keyring.into(),
+                wrapped,
+            },
+        }
+    }
+}
+
+/// The ops of the valid frames of `log` from `from` to `to`, with where each
+/// frame sits; the whole entry is parsed (and so checked) but only its op kept.
+pub(super) fn read_ops(
+    log: &LogFile,
+    path: &Path,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(Loc, Op)>, StoreError> {
+    let mut ops = Vec::new();
+    log::scan(log, path, from, to, |start, end, payload| {
+        ops.push((loc(start, end), Op::of(log::decode(payload, start)?)));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(ops)
+}
+
+fn loc(start: u64, end: u64) -> Loc {
+    // Frames are at most 12 + MAX_PAYLOAD bytes: the length fits.
+    Loc {
+        at: start,
+        len: u32::try_from(end - start).unwrap_or(u32::MAX),
+    }
 }
 
 /// Under the store lock: writes the header into a new (or torn-at-birth)
@@ -39,8 +116,12 @@ pub(super) struct DataKey {
 pub(super) fn init_and_load(path: &Path, master: &KeyBytes) -> Result<State, StoreError> {
     let log = LogFile::open(path)?;
     let len = file_len(&log, path)?;
-    let (frames, _) = log::parse(&log.read_from(path, 0, len)?, 0)?;
-    if frames.is_empty() {
+    let mut any = false;
+    log::scan(&log, path, 0, len, |_, _, _| {
+        any = true;
+        Ok(ControlFlow::Break(()))
+    })?;
+    if !any {
         let header = log::encode(&Entry::Header {
             format: log::FORMAT,
             generation: 1,
@@ -53,46 +134,20 @@ pub(super) fn init_and_load(path: &Path, master: &KeyBytes) -> Result<State, Sto
     load(path, master)
 }
 
-/// Replays the whole file at `path`.
+/// Replays the whole file at `path`, a chunk at a time.
 pub(super) fn load(path: &Path, master: &KeyBytes) -> Result<State, StoreError> {
-    let log = LogFile::open(path)?;
+    let log = Arc::new(LogFile::open(path)?);
     let len = file_len(&log, path)?;
-    let (frames, _) = log::parse(&log.read_from(path, 0, len)?, 0)?;
-    let mut frames = frames.into_iter();
-    let Some(Frame {
-        entry:
-            Entry::Header {
-                format,
-                generation,
-                key_check,
-            },
-        end,
-        ..
-    }) = frames.next()
-    else {
-        return Err(StoreError::Corrupt(
-            "store file does not start with a header".into(),
-        ));
-    };
-    if format != log::FORMAT {
-        return Err(StoreError::Corrupt(format!(
-            "unsupported store format {format}"
-        )));
-    }
-    crypto::verify_key_check(master, &key_check)?;
-    let mut state = State {
-        log: Arc::new(log),
-        generation,
-        offset: end,
-        key_check,
-        records: BTreeMap::new(),
-        keys: HashMap::new(),
-        live_bytes: end,
-    };
-    for frame in frames {
-        state.apply(frame, master)?;
-    }
-    Ok(state)
+    let mut state: Option<State> = None;
+    log::scan(&log, path, 0, len, |start, end, payload| {
+        let op = Op::of(log::decode(payload, start)?);
+        match &mut state {
+            Some(s) => s.apply(loc(start, end), op, master)?,
+            None => state = Some(State::new(Arc::clone(&log), op, end, master)?),
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    state.ok_or_else(|| StoreError::Corrupt("store file does not start with a header".into()))
 }
 
 fn file_len(log: &LogFile, path: &Path) -> Result<u64, StoreError> {
@@ -104,63 +159,76 @@ fn file_len(log: &LogFile, path: &Path) -> Result<u64, StoreError> {
 }
 
 impl State {
-    /// Applies one frame that starts at `self.offset`.
-    pub(super) fn apply(&mut self, frame: Frame, master: &KeyBytes) -> Result<(), StoreError> {
-        debug_assert_eq!(frame.start, self.offset);
-        let len = frame.end - frame.start;
-        match frame.entry {
-            Entry::Header { .. } => {
+    /// The state of a file whose first frame, ending at `end`, is `header`.
+    fn new(log: Arc<LogFile>, header: Op, end: u64, master: &KeyBytes) -> Result<Self, StoreError> {
+        let Op::Header {
+            format,
+            generation,
+            key_check,
+        } = header
+        else {
+            return Err(StoreError::Corrupt(
+                "store file does not start with a header".into(),
+            ));
+        };
+        if format != log::FORMAT {
+            return Err(StoreError::Corrupt(format!(
+                "unsupported store format {format}"
+            )));
+        }
+        crypto::verify_key_check(master, &key_check)?;
+        Ok(State {
+            log,
+            generation,
+            offset: end,
+            key_check,
+            records: BTreeMap::new(),
+            keys: HashMap::new(),
+            live_bytes: end,
+        })
+    }
+
+    /// Applies the op of the frame at `at`, which starts at `self.offset`.
+    pub(super) fn apply(&mut self, at: Loc, op: Op, master: &KeyBytes) -> Result<(), StoreError> {
+        debug_assert_eq!(at.at, self.offset);
+        let len = u64::from(at.len);
+        match op {
+            Op::Header { .. } => {
                 return Err(StoreError::Corrupt(format!(
                     "header entry in the middle of the log at byte {}",
-                    frame.start
+                    at.at
                 )));
             }
-            Entry::Put {
-                path,
-                version,
-                data,
-                metadata,
-                updated_at,
-            } => {
-                let record = Record {
-                    version,
-                    data,
-                    metadata,
-                    updated_at,
-                };
-                let live = Live {
-                    record,
-                    frame_len: len,
-                };
+            Op::Put { path, version } => {
                 self.live_bytes += len;
-                if let Some(old) = self.records.insert(path, live) {
-                    self.live_bytes -= old.frame_len;
+                if let Some(old) = self.records.insert(path, Slot { loc: at, version }) {
+                    self.live_bytes -= u64::from(old.loc.len);
                 }
             }
-            Entry::Delete { path } => {
+            Op::Delete { path } => {
                 if let Some(old) = self.records.remove(&path) {
-                    self.live_bytes -= old.frame_len;
+                    self.live_bytes -= u64::from(old.loc.len);
                 }
             }
-            Entry::Key { keyring, wrapped } => {
+            Op::Key { keyring, wrapped } => {
                 if self.keys.contains_key(&keyring) {
                     // Writers check under the lock, so this is not ours; the
                     // first key is the one ciphertexts were made with.
-                    tracing::warn!(keyring, "ignoring a second data key for a keyring");
+                    tracing::warn!(%keyring, "ignoring a second data key for a keyring");
                 } else {
                     let key = crypto::unwrap_data_key(master, &keyring, &wrapped)?;
                     self.live_bytes += len;
-                    self.keys.insert(keyring, DataKey { key, wrapped });
+                    self.keys.insert(keyring, DataKey { key, loc: at });
                 }
             }
         }
-        self.offset = frame.end;
+        self.offset = at.end();
         Ok(())
     }
 
     /// Whether `cas` holds; the version the write would create.
     pub(super) fn next_version(&self, path: &str, cas: Cas) -> Result<u64, StoreError> {
-        let current = self.records.get(path).map(|l| l.record.version);
+        let current = self.records.get(path).map(|s| s.version);
         let ok = match cas {
             Cas::Any => true,
             // Version 0 is Vault's spelling of "absent".
@@ -174,25 +242,46 @@ impl State {
         }
     }
 
-    /// The entries of a compacted log: a header one generation on, the data
-    /// keys, then the current version of each record.
-    pub(super) fn compacted(&self) -> (Entry, Vec<Entry>) {
+    /// What a compacted log holds: a header one generation on, then the
+    /// frames of the data keys and of the current version of each record, in
+    /// file order (to be copied as they are).
+    pub(super) fn compacted(&self) -> (Entry, Vec<Loc>) {
         let header = Entry::Header {
             format: log::FORMAT,
             generation: self.generation + 1,
             key_check: self.key_check.clone(),
         };
-        let keys = self.keys.iter().map(|(keyring, k)| Entry::Key {
-            keyring: keyring.clone(),
-            wrapped: k.wrapped.clone(),
-        });
-        let records = self.records.iter().map(|(path, l)| Entry::Put {
-            path: path.clone(),
-            version: l.record.version,
-            data: l.record.data.clone(),
-            metadata: l.record.metadata.clone(),
-            updated_at: l.record.updated_at.clone(),
-        });
-        (header, keys.chain(records).collect())
+        let mut frames: Vec<Loc> = (self.keys.values().map(|k| k.loc))
+            .chain(self.records.values().map(|s| s.loc))
+            .collect();
+        frames.sort_unstable_by_key(|l| l.at);
+        (header, frames)
+    }
+}
+
+/// Reads the record `path` from the frame `slot` points at in `log`.
+pub(super) fn read_record(
+    log: &LogFile,
+    file: &Path,
+    path: &str,
+    slot: Slot,
+) -> Result<Record, StoreError> {
+    match log.read_entry(file, slot.loc)? {
+        Entry::Put {
+            path: p,
+            version,
+            data,
+            metadata,
+            updated_at,
+        } if p == path && version == slot.version => Ok(Record {
+            version,
+            data,
+            metadata,
+            updated_at,
+        }),
+        _ => Err(StoreError::Corrupt(format!(
+            "the index entry of {path:?} points at another entry (byte {})",
+            slot.loc.at
+        ))),
     }
 }

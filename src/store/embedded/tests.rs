@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -519,4 +520,158 @@ fn debug_output_shows_no_key_material() {
     let text = format!("{store:?}");
     assert!(text.contains("credgate.store"));
     assert!(!text.contains("[7, 7"), "{text}");
+}
+
+/// Bytes of the file at `path`, with `f` applied, written back.
+fn edit_file(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = fs::read(path).unwrap();
+    f(&mut bytes);
+    fs::write(path, &bytes).unwrap();
+}
+
+#[tokio::test]
+async fn reads_come_from_the_log_and_are_checked_again() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let store = open(&cfg);
+    put(&store, "t1/github", 1, Cas::Absent).await.unwrap();
+    let slot = store.inner.state().records["t1/github"];
+    assert_eq!(slot.version, 1);
+    assert_eq!(slot.loc.end(), fs::metadata(&cfg.path).unwrap().len());
+    // Damage the frame in place, under the index: the read notices.
+    edit_file(&cfg.path, |b| {
+        let at = b.windows(9).rposition(|w| w == b"t1/github").unwrap();
+        b[at + 3] = b'X';
+    });
+    let err = store.read("t1/github").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_index_is_rebuilt_at_open_from_many_chunks() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    {
+        let store = open(&cfg);
+        for i in 0..60 {
+            let path = format!("t{}/github", i % 20);
+            put(&store, &path, i, Cas::Any).await.unwrap();
+        }
+        for i in 0..5 {
+            store.delete(&format!("t{i}/github")).await.unwrap();
+        }
+        store.encrypt("t7", "t7/github", &[b"x"]).await.unwrap();
+    }
+    // The test scan reads 700 bytes at a time: many frames cross a chunk.
+    assert!(fs::metadata(&cfg.path).unwrap().len() > 10 * 700);
+    let store = open(&cfg);
+    assert_eq!(store.inner.state().records.len(), 15);
+    assert_eq!(store.inner.state().keys.len(), 1);
+    for i in 5..20 {
+        let path = format!("t{i}/github");
+        assert_eq!(n_of(&store, &path).await, Some((3, 40 + i)), "{path}");
+    }
+    assert_eq!(store.read("t0/github").await.unwrap(), None);
+    // Check-and-set works from the rebuilt versions.
+    assert!(matches!(
+        put(&store, "t9/github", 0, Cas::Version(2)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        put(&store, "t9/github", 0, Cas::Version(3)).await.unwrap(),
+        4
+    );
+    assert_eq!(put(&store, "t0/github", 0, Cas::Absent).await.unwrap(), 1);
+    replays_cleanly(&cfg);
+}
+
+fn big(n: i64, kib: usize) -> Map<String, Value> {
+    let mut map = data(n);
+    map.insert("blob".into(), json!("b".repeat(kib * 1024)));
+    map
+}
+
+#[tokio::test]
+async fn a_record_bigger_than_a_page_and_a_scan_chunk() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let store = EmbeddedStore::open_inner(&cfg, Zeroizing::new(KEY), 64 << 10).unwrap();
+    let other = open(&cfg);
+    put(&store, "t1/small", 1, Cas::Absent).await.unwrap();
+    store
+        .write("t1/big", big(1, 40), meta("k", "v"), Cas::Absent)
+        .await
+        .unwrap();
+    put(&store, "t1/after", 2, Cas::Absent).await.unwrap();
+    for s in [&store, &other, &open(&cfg)] {
+        let r = s.read("t1/big").await.unwrap().unwrap();
+        assert_eq!(
+            (r.version, &r.data, &r.metadata),
+            (1, &big(1, 40), &meta("k", "v"))
+        );
+        assert_eq!(n_of(s, "t1/after").await, Some((1, 2)));
+    }
+    // Rewrites until compaction copies the big frame into a new file.
+    for i in 2..=4 {
+        store
+            .write("t1/big", big(i, 40), BTreeMap::new(), Cas::Any)
+            .await
+            .unwrap();
+    }
+    assert!(store.inner.state().generation > 1, "no compaction happened");
+    for s in [&store, &other, &open(&cfg)] {
+        let r = s.read("t1/big").await.unwrap().unwrap();
+        assert_eq!((r.version, &r.data), (4, &big(4, 40)));
+        assert_eq!(n_of(s, "t1/small").await, Some((1, 1)));
+    }
+    replays_cleanly(&cfg);
+}
+
+#[tokio::test]
+async fn a_torn_big_frame_is_a_torn_tail() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let before = {
+        let store = open(&cfg);
+        put(&store, "t1/a", 1, Cas::Absent).await.unwrap();
+        let before = fs::metadata(&cfg.path).unwrap().len();
+        store
+            .write("t1/big", big(1, 8), BTreeMap::new(), Cas::Absent)
+            .await
+            .unwrap();
+        before
+    };
+    // A crash while the big frame was being written: a few chunks of it made it.
+    let cut = before + 3 * 700 + 5;
+    let f = fs::OpenOptions::new().write(true).open(&cfg.path).unwrap();
+    f.set_len(cut).unwrap();
+    drop(f);
+    let store = open(&cfg);
+    assert_eq!(store.read("t1/big").await.unwrap(), None);
+    assert_eq!(n_of(&store, "t1/a").await, Some((1, 1)));
+    assert_eq!(store.inner.state().offset, before);
+    put(&store, "t1/b", 2, Cas::Absent).await.unwrap();
+    replays_cleanly(&cfg);
+    assert_eq!(n_of(&open(&cfg), "t1/b").await, Some((1, 2)));
+}
+
+#[tokio::test]
+async fn a_handle_reads_what_another_handle_wrote_after_its_index_was_built() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let (a, b) = (open(&cfg), open(&cfg));
+    put(&a, "t1/x", 1, Cas::Absent).await.unwrap();
+    assert_eq!(n_of(&b, "t1/x").await, Some((1, 1)));
+    let old = b.inner.state().records["t1/x"];
+    // `a` rewrites it and deletes another: `b`'s next read follows the log.
+    put(&a, "t1/x", 2, Cas::Version(1)).await.unwrap();
+    put(&a, "t1/y", 1, Cas::Absent).await.unwrap();
+    a.delete("t1/y").await.unwrap();
+    assert_eq!(n_of(&b, "t1/x").await, Some((2, 2)));
+    assert!(b.inner.state().records["t1/x"].loc.at > old.loc.at);
+    assert_eq!(b.read("t1/y").await.unwrap(), None);
+    assert!(matches!(
+        put(&b, "t1/x", 3, Cas::Version(1)).await,
+        Err(StoreError::Conflict)
+    ));
 }
