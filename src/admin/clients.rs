@@ -174,7 +174,7 @@ async fn rotate(
             "clientId": &*client.client_id,
             "clientSecret": secret.expose_secret(),
             "rotatedAt": rfc3339(rotated_at),
-            "previousSecretValidUntil": client.previous_secret_valid_until.map(rfc3339),
+            "previousSecretValidUntil": client.previous_secret_valid_until().map(rfc3339),
         }),
     ))
 }

@@ -1,7 +1,9 @@
-//! credgate's own OAuth clients: the record, its secrets and allow lists.
-//! [`super::registry::ClientRegistry`] keeps them in memory and in the store
-//! (`_credgate/clients/{clientId}`, camelCase JSON).
+//! credgate's own OAuth clients: the stored record, the compact form kept in
+//! memory, secrets and allow lists. [`super::registry::ClientRegistry`] keeps
+//! them in memory and in the store (`_credgate/clients/{clientId}`, camelCase
+//! JSON).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -101,7 +103,7 @@ impl<'de> Deserialize<'de> for SecretHash {
 }
 
 /// An allowed source network: a CIDR (`10.0.0.0/8`) or a single address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpAllow(pub IpNet);
 
 impl FromStr for IpAllow {
@@ -133,50 +135,161 @@ mod rfc3339_opt {
     pub(crate) use time::serde::rfc3339::option::{deserialize, serialize};
 }
 
-/// A client record. The secret hashes never leave this module except into
-/// the store; [`Client::view`] is what the admin API shows.
+/// A client as stored (`_credgate/clients/{clientId}`, camelCase JSON), and
+/// as the admin operations edit it. In memory clients are kept as
+/// [`Client`]; this form exists only while a record is read or written.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Client {
-    pub client_id: Arc<str>,
-    pub name: String,
+pub(crate) struct ClientRecord {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) name: String,
     #[serde(default)]
-    pub description: String,
+    pub(crate) description: String,
     #[serde(flatten)]
-    pub tenants: Tenants,
+    pub(crate) tenants: Tenants,
     #[serde(default)]
-    pub scopes: Vec<Arc<str>>,
-    /// Integrations this client may reach; empty means no restriction.
+    pub(crate) scopes: Vec<Arc<str>>,
     #[serde(default)]
-    pub allowed_integrations: Vec<String>,
-    /// MCP tools this client may call; empty means no restriction.
+    pub(crate) allowed_integrations: Vec<String>,
     #[serde(default)]
-    pub allowed_tools: Vec<String>,
-    /// Source networks; empty means any address.
+    pub(crate) allowed_tools: Vec<String>,
     #[serde(default)]
-    pub allowed_ips: Vec<IpAllow>,
+    pub(crate) allowed_ips: Vec<IpAllow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_expiration_minutes: Option<u64>,
-    /// Public keys for `private_key_jwt` (`{"keys": [...]}`), if registered.
+    pub(crate) token_expiration_minutes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<Value>,
-    pub active: bool,
+    pub(crate) jwks: Option<Value>,
+    pub(crate) active: bool,
     pub(crate) secret_hash: SecretHash,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) previous_secret_hash: Option<SecretHash>,
     #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
-    pub previous_secret_valid_until: Option<OffsetDateTime>,
+    pub(crate) previous_secret_valid_until: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
+    pub(crate) created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub(crate) updated_at: OffsetDateTime,
+    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
+    pub(crate) suspended_at: Option<OffsetDateTime>,
+}
+
+impl ClientRecord {
+    pub(crate) fn to_data(&self) -> Map<String, Value> {
+        match serde_json::to_value(self) {
+            Ok(Value::Object(m)) => m,
+            _ => unreachable!("a client serializes to an object"),
+        }
+    }
+}
+
+/// A client as every request sees it, built from its stored record and
+/// kept small: the registry holds one per client, however many there are.
+/// Lists (scopes, allow lists) are shared between clients with equal ones
+/// (an interner in the registry); rarely set fields are boxed. The secret hashes never
+/// leave this module except into the store; [`Client::view`] is what the
+/// admin API shows.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: Arc<str>,
+    pub name: Box<str>,
+    pub description: Box<str>,
+    pub tenants: Tenants,
+    pub scopes: Arc<[Arc<str>]>,
+    /// Integrations this client may reach; empty means no restriction.
+    pub allowed_integrations: Arc<[Arc<str>]>,
+    /// MCP tools this client may call; empty means no restriction.
+    pub allowed_tools: Arc<[Arc<str>]>,
+    /// Source networks; empty means any address.
+    pub allowed_ips: Arc<[IpAllow]>,
+    pub token_expiration_minutes: Option<u64>,
+    /// Public keys for `private_key_jwt` (`{"keys": [...]}`), if registered.
+    pub jwks: Option<Box<Value>>,
+    pub active: bool,
+    pub(crate) secret_hash: SecretHash,
+    /// The secret before the last rotation, during its grace period.
+    pub(crate) previous_secret: Option<Box<PreviousSecret>>,
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// The last suspension. Kept after reactivation: tokens issued before it
     /// stay invalid.
-    #[serde(default, with = "rfc3339_opt", skip_serializing_if = "Option::is_none")]
     pub suspended_at: Option<OffsetDateTime>,
-    /// Store version this copy was read or written at (check-and-set).
-    #[serde(skip)]
-    pub(crate) version: u64,
+}
+
+/// A rotated-out secret and the end of its grace period.
+#[derive(Debug, Clone)]
+pub(crate) struct PreviousSecret {
+    pub(crate) hash: Option<SecretHash>,
+    pub(crate) valid_until: Option<OffsetDateTime>,
+}
+
+/// Shares equal lists and strings between the clients built through it.
+/// The registry rebuilds it with every full reload, so values no client
+/// uses any more do not pile up.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    strs: HashSet<Arc<str>>,
+    lists: HashSet<Arc<[Arc<str>]>>,
+    ips: HashSet<Arc<[IpAllow]>>,
+}
+
+impl Interner {
+    fn str(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.strs.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = s.into();
+        self.strs.insert(a.clone());
+        a
+    }
+
+    fn list<S: AsRef<str>>(&mut self, items: &[S]) -> Arc<[Arc<str>]> {
+        let items: Vec<Arc<str>> = items.iter().map(|s| self.str(s.as_ref())).collect();
+        if let Some(a) = self.lists.get(items.as_slice()) {
+            return a.clone();
+        }
+        let a: Arc<[Arc<str>]> = items.into();
+        self.lists.insert(a.clone());
+        a
+    }
+
+    fn ips(&mut self, items: Vec<IpAllow>) -> Arc<[IpAllow]> {
+        if let Some(a) = self.ips.get(items.as_slice()) {
+            return a.clone();
+        }
+        let a: Arc<[IpAllow]> = items.into();
+        self.ips.insert(a.clone());
+        a
+    }
+
+    /// The in-memory form of a record.
+    pub(crate) fn client(&mut self, r: ClientRecord) -> Client {
+        let previous_secret = (r.previous_secret_hash.is_some()
+            || r.previous_secret_valid_until.is_some())
+        .then(|| {
+            Box::new(PreviousSecret {
+                hash: r.previous_secret_hash,
+                valid_until: r.previous_secret_valid_until,
+            })
+        });
+        Client {
+            client_id: r.client_id,
+            name: r.name.into(),
+            description: r.description.into(),
+            tenants: r.tenants,
+            scopes: self.list(&r.scopes),
+            allowed_integrations: self.list(&r.allowed_integrations),
+            allowed_tools: self.list(&r.allowed_tools),
+            allowed_ips: self.ips(r.allowed_ips),
+            token_expiration_minutes: r.token_expiration_minutes,
+            jwks: r.jwks.map(Box::new),
+            active: r.active,
+            secret_hash: r.secret_hash,
+            previous_secret,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            suspended_at: r.suspended_at,
+        }
+    }
 }
 
 /// The admin API's view of a client: every field except secret material.
@@ -189,8 +302,8 @@ pub struct ClientView<'a> {
     #[serde(flatten)]
     tenants: &'a Tenants,
     scopes: &'a [Arc<str>],
-    allowed_integrations: &'a [String],
-    allowed_tools: &'a [String],
+    allowed_integrations: &'a [Arc<str>],
+    allowed_tools: &'a [Arc<str>],
     allowed_ips: &'a [IpAllow],
     #[serde(skip_serializing_if = "Option::is_none")]
     token_expiration_minutes: Option<u64>,
@@ -219,22 +332,30 @@ impl Client {
             allowed_tools: &self.allowed_tools,
             allowed_ips: &self.allowed_ips,
             token_expiration_minutes: self.token_expiration_minutes,
-            jwks: self.jwks.as_ref(),
+            jwks: self.jwks.as_deref(),
             active: self.active,
             created_at: self.created_at,
             updated_at: self.updated_at,
             suspended_at: self.suspended_at,
-            previous_secret_valid_until: self.previous_secret_valid_until,
+            previous_secret_valid_until: self.previous_secret_valid_until(),
         }
+    }
+
+    /// End of the previous secret's grace period, if a rotation left one.
+    pub fn previous_secret_valid_until(&self) -> Option<OffsetDateTime> {
+        self.previous_secret.as_ref().and_then(|p| p.valid_until)
     }
 
     pub fn allows_integration(&self, integration: &str) -> bool {
         self.allowed_integrations.is_empty()
-            || self.allowed_integrations.iter().any(|i| i == integration)
+            || self
+                .allowed_integrations
+                .iter()
+                .any(|i| **i == *integration)
     }
 
     pub fn allows_tool(&self, tool: &str) -> bool {
-        self.allowed_tools.is_empty() || self.allowed_tools.iter().any(|t| t == tool)
+        self.allowed_tools.is_empty() || self.allowed_tools.iter().any(|t| **t == *tool)
     }
 
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -261,18 +382,14 @@ impl Client {
             return false;
         }
         let current = self.secret_hash.matches(presented);
-        let previous = match (&self.previous_secret_hash, self.previous_secret_valid_until) {
-            (Some(h), Some(until)) => h.matches(presented) & (now < until),
+        let previous = match self.previous_secret.as_deref() {
+            Some(PreviousSecret {
+                hash: Some(h),
+                valid_until: Some(until),
+            }) => h.matches(presented) & (now < *until),
             _ => false,
         };
         current | previous
-    }
-
-    pub(crate) fn to_data(&self) -> Map<String, Value> {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => unreachable!("a client serializes to an object"),
-        }
     }
 }
 
@@ -280,9 +397,9 @@ impl Client {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn sample(id: Arc<str>, hash: SecretHash) -> Client {
+    pub(crate) fn sample(id: Arc<str>, hash: SecretHash) -> ClientRecord {
         let now = OffsetDateTime::now_utc();
-        Client {
+        ClientRecord {
             client_id: id,
             name: "agent".into(),
             description: String::new(),
@@ -300,8 +417,11 @@ pub(crate) mod tests {
             created_at: now,
             updated_at: now,
             suspended_at: None,
-            version: 0,
         }
+    }
+
+    fn compact(r: &ClientRecord) -> Client {
+        Interner::default().client(r.clone())
     }
 
     #[test]
@@ -326,9 +446,9 @@ pub(crate) mod tests {
         let secret = new_secret();
         let now = OffsetDateTime::now_utc();
         let mut c = sample("cg-00000000000000000002".into(), SecretHash::of(&secret));
-        assert!(c.secret_matches(&SecretHash::of(&secret), now));
+        assert!(compact(&c).secret_matches(&SecretHash::of(&secret), now));
         c.jwks = Some(serde_json::json!({ "keys": [] }));
-        assert!(!c.secret_matches(&SecretHash::of(&secret), now));
+        assert!(!compact(&c).secret_matches(&SecretHash::of(&secret), now));
     }
 
     #[test]
@@ -336,9 +456,10 @@ pub(crate) mod tests {
         let old = new_secret();
         let new = new_secret();
         let now = OffsetDateTime::now_utc();
-        let mut c = sample("cg-00000000000000000001".into(), SecretHash::of(&new));
-        c.previous_secret_hash = Some(SecretHash::of(&old));
-        c.previous_secret_valid_until = Some(now + time::Duration::minutes(5));
+        let mut r = sample("cg-00000000000000000001".into(), SecretHash::of(&new));
+        r.previous_secret_hash = Some(SecretHash::of(&old));
+        r.previous_secret_valid_until = Some(now + time::Duration::minutes(5));
+        let c = compact(&r);
         assert!(c.secret_matches(&SecretHash::of(&old), now));
         assert!(!c.secret_matches(&SecretHash::of(&old), now + time::Duration::minutes(6)));
         assert!(c.secret_matches(&SecretHash::of(&new), now + time::Duration::minutes(6)));
@@ -346,17 +467,68 @@ pub(crate) mod tests {
 
     #[test]
     fn allow_lists() {
-        let mut c = sample(
+        let mut r = sample(
             "cg-00000000000000000001".into(),
             SecretHash::of(&new_secret()),
         );
+        let c = compact(&r);
         assert!(c.allows_ip("192.0.2.1".parse().unwrap()) && c.allows_integration("x"));
-        c.allowed_ips = vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7".parse().unwrap()];
+        r.allowed_ips = vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7".parse().unwrap()];
+        r.allowed_integrations = vec!["github".into()];
+        r.allowed_tools = vec!["search".into()];
+        let c = compact(&r);
         assert!(c.allows_ip("10.1.2.3".parse().unwrap()));
         assert!(c.allows_ip("::ffff:192.0.2.7".parse().unwrap()));
         assert!(!c.allows_ip("192.0.2.8".parse().unwrap()));
-        c.allowed_integrations = vec!["github".into()];
         assert!(c.allows_integration("github") && !c.allows_integration("slack"));
+        assert!(c.allows_tool("search") && !c.allows_tool("delete"));
         assert!("nonsense".parse::<IpAllow>().is_err());
+    }
+
+    #[test]
+    fn the_view_shows_the_record_without_its_secret_hashes() {
+        let now = OffsetDateTime::now_utc();
+        let mut r = sample(
+            "cg-00000000000000000003".into(),
+            SecretHash::of(&new_secret()),
+        );
+        r.description = "d".into();
+        r.allowed_integrations = vec!["github".into()];
+        r.allowed_ips = vec!["10.0.0.0/8".parse().unwrap()];
+        r.token_expiration_minutes = Some(5);
+        r.previous_secret_hash = Some(SecretHash::of(&new_secret()));
+        r.previous_secret_valid_until = Some(now);
+        r.suspended_at = Some(now);
+        let mut stored = Value::Object(r.to_data());
+        let fields = stored.as_object_mut().unwrap();
+        assert!(fields.remove("secretHash").is_some());
+        assert!(fields.remove("previousSecretHash").is_some());
+        let view = serde_json::to_value(compact(&r).view()).unwrap();
+        assert_eq!(view, stored);
+    }
+
+    #[test]
+    fn equal_lists_are_shared_between_clients() {
+        let mut interner = Interner::default();
+        let mut r = sample(
+            "cg-00000000000000000001".into(),
+            SecretHash::of(&new_secret()),
+        );
+        r.allowed_integrations = vec!["github".into(), "slack".into()];
+        let a = interner.client(r.clone());
+        r.client_id = "cg-00000000000000000002".into();
+        let b = interner.client(r.clone());
+        assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
+        assert!(Arc::ptr_eq(
+            &a.allowed_integrations,
+            &b.allowed_integrations
+        ));
+        assert!(Arc::ptr_eq(&a.allowed_tools, &b.allowed_tools));
+        assert!(Arc::ptr_eq(&a.allowed_ips, &b.allowed_ips));
+        r.scopes = vec!["mcp".into()];
+        let c = interner.client(r);
+        assert!(!Arc::ptr_eq(&a.scopes, &c.scopes));
+        assert!(Arc::ptr_eq(&a.scopes[0], &c.scopes[0]));
+        assert!(a.previous_secret.is_none() && a.jwks.is_none());
     }
 }

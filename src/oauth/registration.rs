@@ -9,7 +9,7 @@ use serde::Deserialize;
 use time::{Duration, OffsetDateTime};
 
 use super::assertion::validate_jwks;
-use super::clients::{Client, IpAllow, SecretHash};
+use super::clients::{Client, ClientRecord, IpAllow, SecretHash};
 use super::registry::ClientError;
 use super::{Authority, Tenants};
 use crate::audit::{AuditEvent, AuditKind};
@@ -198,7 +198,7 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         let (client, secret) = self
             .clients
-            .create(|client_id, secret_hash| Client {
+            .create(|client_id, secret_hash| ClientRecord {
                 client_id,
                 name,
                 description,
@@ -216,7 +216,6 @@ impl Authority {
                 created_at: now,
                 updated_at: now,
                 suspended_at: None,
-                version: 0,
             })
             .await?;
         self.audit_client(AuditKind::ClientCreated, &client, actor);

@@ -3,13 +3,15 @@
 //! by the sync loop.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::clients::{Client, SecretHash, is_client_id, new_client_id, new_secret};
+use super::clients::{
+    Client, ClientRecord, Interner, SecretHash, is_client_id, new_client_id, new_secret,
+};
 use super::sync::Changes;
 use crate::store::{Cas, Store, StoreError};
 
@@ -35,6 +37,8 @@ pub enum ClientError {
 pub struct ClientRegistry {
     store: Arc<dyn Store>,
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
+    /// Shares equal lists between the clients in the map.
+    interner: Mutex<Interner>,
     /// Serializes this replica's writes with reloads, so a reload that read
     /// the store before a local write cannot undo it in memory.
     gate: tokio::sync::Mutex<()>,
@@ -49,6 +53,7 @@ impl ClientRegistry {
         ClientRegistry {
             store,
             clients: RwLock::default(),
+            interner: Mutex::default(),
             gate: tokio::sync::Mutex::new(()),
             changes,
             decoy: SecretHash::of(&new_secret()),
@@ -71,8 +76,14 @@ impl ClientRegistry {
         self.clients.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn put(&self, client: Client) -> Arc<Client> {
-        let client = Arc::new(client);
+    /// Keeps `record` in memory.
+    fn put(&self, record: ClientRecord) -> Arc<Client> {
+        let client = Arc::new(
+            self.interner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .client(record),
+        );
         self.clients
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -103,17 +114,16 @@ impl ClientRegistry {
     /// Stores a new client; returns it and its secret (shown once).
     pub(crate) async fn create(
         &self,
-        build: impl FnOnce(Arc<str>, SecretHash) -> Client,
+        build: impl FnOnce(Arc<str>, SecretHash) -> ClientRecord,
     ) -> Result<(Arc<Client>, SecretString), ClientError> {
         let secret = new_secret();
-        let mut client = build(new_client_id().into(), SecretHash::of(&secret));
+        let record = build(new_client_id().into(), SecretHash::of(&secret));
         let _gate = self.gate.lock().await;
-        let path = client_path(&client.client_id);
-        client.version = self
-            .store
-            .write(&path, client.to_data(), BTreeMap::new(), Cas::Absent)
+        let path = client_path(&record.client_id);
+        self.store
+            .write(&path, record.to_data(), BTreeMap::new(), Cas::Absent)
             .await?;
-        let client = self.put(client);
+        let client = self.put(record);
         self.changes.announce(&*self.store).await;
         Ok((client, secret))
     }
@@ -123,7 +133,7 @@ impl ClientRegistry {
     pub(crate) async fn update(
         &self,
         client_id: &str,
-        mut change: impl FnMut(&mut Client) -> Result<(), ClientError>,
+        mut change: impl FnMut(&mut ClientRecord) -> Result<(), ClientError>,
     ) -> Result<Arc<Client>, ClientError> {
         if !is_client_id(client_id) {
             return Err(ClientError::NotFound);
@@ -134,7 +144,7 @@ impl ClientRegistry {
             let Some(rec) = self.store.read(&path).await? else {
                 return Err(ClientError::NotFound);
             };
-            let mut client = parse(&rec.data, rec.version)?;
+            let mut client = parse(rec.data)?;
             change(&mut client)?;
             client.updated_at = OffsetDateTime::now_utc();
             match self
@@ -147,8 +157,7 @@ impl ClientRegistry {
                 )
                 .await
             {
-                Ok(v) => {
-                    client.version = v;
+                Ok(_) => {
                     let client = self.put(client);
                     self.changes.announce(&*self.store).await;
                     return Ok(client);
@@ -184,6 +193,7 @@ impl ClientRegistry {
     pub(crate) async fn reload(&self) -> Result<(), StoreError> {
         let _gate = self.gate.lock().await;
         let mut next = HashMap::new();
+        let mut interner = Interner::default();
         for name in self.store.list(CLIENTS_PREFIX).await? {
             if !is_client_id(&name) {
                 continue;
@@ -191,23 +201,23 @@ impl ClientRegistry {
             let Some(rec) = self.store.read(&client_path(&name)).await? else {
                 continue;
             };
-            match parse(&rec.data, rec.version) {
+            match parse(rec.data) {
                 Ok(c) if *c.client_id == *name => {
+                    let c = interner.client(c);
                     next.insert(c.client_id.clone(), Arc::new(c));
                 }
                 _ => tracing::error!(client_id = %name, "client record unreadable; skipped"),
             }
         }
         *self.clients.write().unwrap_or_else(|p| p.into_inner()) = next;
+        *self.interner.lock().unwrap_or_else(|p| p.into_inner()) = interner;
         Ok(())
     }
 }
 
-fn parse(data: &Map<String, Value>, version: u64) -> Result<Client, StoreError> {
-    let mut c: Client = serde_json::from_value(Value::Object(data.clone()))
-        .map_err(|e| StoreError::Corrupt(format!("client record: {e}")))?;
-    c.version = version;
-    Ok(c)
+fn parse(data: Map<String, Value>) -> Result<ClientRecord, StoreError> {
+    serde_json::from_value(Value::Object(data))
+        .map_err(|e| StoreError::Corrupt(format!("client record: {e}")))
 }
 
 #[cfg(test)]
@@ -250,7 +260,7 @@ mod tests {
 
         let other = registry(store);
         other.reload().await.unwrap();
-        assert_eq!(other.get(&c.client_id).unwrap().name, "agent");
+        assert_eq!(&*other.get(&c.client_id).unwrap().name, "agent");
     }
 
     #[tokio::test]
@@ -274,11 +284,9 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(
-            (after.name.as_str(), after.description.as_str()),
-            ("one", "two")
-        );
-        assert!(after.version > c.version);
+        assert_eq!((&*after.name, &*after.description), ("one", "two"));
+        let stored = store.read(&client_path(&c.client_id)).await.unwrap();
+        assert_eq!(stored.unwrap().version, 3);
         b.delete(&c.client_id).await.unwrap();
         assert!(b.get(&c.client_id).is_none());
         assert!(matches!(

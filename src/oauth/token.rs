@@ -267,7 +267,7 @@ pub(crate) fn select_scopes(
         }
     }
     if out.is_empty() {
-        out = client.scopes.clone();
+        out = client.scopes.to_vec();
     }
     Ok(out)
 }
