@@ -3,12 +3,15 @@
 //!
 //! Verification is split in two: [`verify`] checks what never changes for a
 //! given token (signature, algorithm pinned by `kid`, `typ`, `iss`, claim
-//! shapes) and its result is cached by the token's SHA-256 digest; the checks
+//! shapes) and its result is cached by the token's SHA-256 digest (small
+//! entries: the strings are the client's and the routes', shared); the checks
 //! that depend on time or on mutable state (expiry, audience, client status,
 //! revocation) run on every request in [`super::Authority::authenticate`].
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Header, Validation};
 use ring::digest;
@@ -26,7 +29,7 @@ pub(crate) const LEEWAY_SECS: u64 = 30;
 pub(crate) const TYP: &str = "at+jwt";
 
 /// Entries the validation cache holds at most.
-const CACHE_CAPACITY: u64 = 100_000;
+const CACHE_CAPACITY: usize = 100_000;
 
 /// The claims credgate puts in (and requires of) its access tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,37 +172,73 @@ pub(crate) fn digest(token: &str) -> Digest {
     d.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
-/// Expires each entry when its token does (plus leeway).
-struct UntilExp;
+/// Shards of the validation cache (a read takes one shard's read lock).
+const SHARDS: usize = 16;
 
-impl moka::Expiry<Digest, Arc<Verified>> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _key: &Digest,
-        value: &Arc<Verified>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        let left = value
-            .exp
-            .saturating_add(LEEWAY_SECS)
-            .saturating_sub(unix_now());
-        Some(Duration::from_secs(left))
+/// How often (seconds) a shard drops the entries of expired tokens, checked
+/// when something is inserted.
+const PURGE_EVERY_SECS: u64 = 60;
+
+/// Entries looked at to pick the one to evict from a full shard.
+const EVICTION_SAMPLE: usize = 8;
+
+/// Whether the token of `v` is past `exp` plus leeway at `now`.
+fn expired(v: &Verified, now: u64) -> bool {
+    now > v.exp.saturating_add(LEEWAY_SECS)
+}
+
+/// Hashes a [`Digest`] by its first eight bytes: it is already uniform, and
+/// callers cannot choose it (it is a SHA-256 of the token).
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length, then its bytes.
+        if let Some(first) = bytes.first_chunk::<8>() {
+            self.0 = u64::from_le_bytes(*first);
+        }
     }
 }
 
-/// Successful signature verifications, keyed by token digest.
+type DigestMap = HashMap<Digest, Arc<Verified>, BuildHasherDefault<DigestHasher>>;
+
+#[derive(Default)]
+struct Shard {
+    map: DigestMap,
+    /// When expired entries were last dropped (unix seconds).
+    purged_at: u64,
+}
+
+/// Successful signature verifications, keyed by token digest: at most
+/// `capacity` entries; an entry stays until its token expires (dropped within
+/// [`PURGE_EVERY_SECS`] after that) or a full shard needs its room, then the
+/// entry of a small sample expiring first goes. Expiry itself is checked per
+/// request by [`check_time`], never trusted to the cache.
 pub(crate) struct ValidationCache {
-    cache: moka::sync::Cache<Digest, Arc<Verified>>,
+    shards: Box<[RwLock<Shard>]>,
+    per_shard: usize,
 }
 
 impl ValidationCache {
     pub(crate) fn new() -> Self {
+        Self::with_capacity(CACHE_CAPACITY)
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
         ValidationCache {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
-                .expire_after(UntilExp)
-                .build(),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
         }
+    }
+
+    fn shard(&self, key: &Digest) -> &RwLock<Shard> {
+        // Not the bytes the map hashes with, so a shard's map stays uniform.
+        &self.shards[usize::from(key[31]) % SHARDS]
     }
 
     /// The cached verification, or `verify` run and cached on success.
@@ -209,16 +248,124 @@ impl ValidationCache {
         verify: impl FnOnce() -> Result<Verified, AuthFailure>,
     ) -> Result<Arc<Verified>, AuthFailure> {
         let key = digest(token);
-        if let Some(v) = self.cache.get(&key) {
-            return Ok(v);
+        let shard = self.shard(&key);
+        if let Some(v) = read(shard).map.get(&key) {
+            return Ok(v.clone());
         }
         let v = Arc::new(verify()?);
-        self.cache.insert(key, v.clone());
+        self.insert(shard, key, v.clone(), unix_now());
         Ok(v)
+    }
+
+    fn insert(&self, shard: &RwLock<Shard>, key: Digest, v: Arc<Verified>, now: u64) {
+        let mut s = shard.write().unwrap_or_else(PoisonError::into_inner);
+        if now >= s.purged_at.saturating_add(PURGE_EVERY_SECS) {
+            s.map.retain(|_, v| !expired(v, now));
+            s.purged_at = now;
+        }
+        if s.map.len() >= self.per_shard && !s.map.contains_key(&key) {
+            // Sample from a point the new digest picks, so it is not always
+            // the same region of the table that goes.
+            let skip = usize::from(u16::from_le_bytes([key[29], key[30]])) % s.map.len();
+            let victim = (s.map.iter().cycle().skip(skip).take(EVICTION_SAMPLE))
+                .min_by_key(|(_, v)| v.exp)
+                .map(|(k, _)| *k);
+            if let Some(k) = victim {
+                s.map.remove(&k);
+            }
+        }
+        s.map.insert(key, v);
     }
 
     #[cfg(test)]
     pub(crate) fn contains(&self, token: &str) -> bool {
-        self.cache.contains_key(&digest(token))
+        let key = digest(token);
+        read(self.shard(&key)).map.contains_key(&key)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| read(s).map.len()).sum()
+    }
+}
+
+fn read(shard: &RwLock<Shard>) -> std::sync::RwLockReadGuard<'_, Shard> {
+    shard.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn verified(exp: u64) -> Verified {
+        Verified {
+            client_id: "cg-00000000000000000001".into(),
+            tenants: Tenants::One("t".into()),
+            scopes: Arc::new([]),
+            aud: "a".into(),
+            jti: "j".into(),
+            exp,
+            iat: 0,
+            nbf: 0,
+        }
+    }
+
+    #[test]
+    fn a_hit_shares_the_entry_and_skips_verification() {
+        let cache = ValidationCache::new();
+        let now = unix_now();
+        let first = cache
+            .get_or_verify("t1", || Ok(verified(now + 60)))
+            .unwrap();
+        let again = cache
+            .get_or_verify("t1", || panic!("verified twice"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let err = cache.get_or_verify("t2", || Err(AuthFailure::BadSignature));
+        assert_eq!(err.unwrap_err(), AuthFailure::BadSignature);
+        assert!(cache.contains("t1") && !cache.contains("t2"));
+    }
+
+    #[test]
+    fn the_capacity_holds_and_entries_expiring_first_go_first() {
+        // A shard as small as the eviction sample: the sample is the shard.
+        let cache = ValidationCache::with_capacity(SHARDS * EVICTION_SAMPLE);
+        let now = unix_now();
+        let tokens: Vec<String> = (0..SHARDS * 40).map(|i| format!("tok-{i}")).collect();
+        let long_lived = &tokens[..SHARDS * 4];
+        for t in &tokens {
+            let exp = if long_lived.contains(t) {
+                now + 3600
+            } else {
+                now + 60
+            };
+            cache.get_or_verify(t, || Ok(verified(exp))).unwrap();
+            assert!(cache.len() <= SHARDS * EVICTION_SAMPLE);
+        }
+        // Each shard keeps its long-lived entries, as many as fit.
+        let mut expected = 0;
+        for shard in &cache.shards {
+            let here = long_lived
+                .iter()
+                .filter(|t| std::ptr::eq(cache.shard(&digest(t)), shard))
+                .count();
+            expected += here.min(EVICTION_SAMPLE);
+        }
+        let kept = long_lived.iter().filter(|t| cache.contains(t)).count();
+        assert_eq!(kept, expected);
+        assert_eq!(cache.len(), SHARDS * EVICTION_SAMPLE);
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_at_the_next_purge() {
+        let cache = ValidationCache::new();
+        let now = unix_now();
+        let key = digest("old");
+        let shard = cache.shard(&key);
+        cache.insert(shard, key, Arc::new(verified(now - LEEWAY_SECS - 5)), now);
+        assert!(cache.contains("old"));
+        let later = now + PURGE_EVERY_SECS;
+        cache.insert(shard, digest("new"), Arc::new(verified(later + 60)), later);
+        assert!(!cache.contains("old"));
     }
 }

@@ -101,7 +101,8 @@ impl Principal {
 struct Resource {
     /// `path_prefix`, `/` for the root and host routes.
     prefix: String,
-    url: String,
+    /// Shared by the tokens minted for it and their cache entries.
+    url: Arc<str>,
     scopes: Vec<String>,
 }
 
@@ -113,7 +114,7 @@ fn resources_of(config: &Config) -> Vec<Resource> {
         .iter()
         .map(|r| Resource {
             prefix: r.path_prefix.clone().unwrap_or_else(|| "/".into()),
-            url: r.resource_url(public_url),
+            url: r.resource_url(public_url).into(),
             scopes: r.required_scopes.clone(),
         })
         .collect()
@@ -331,16 +332,17 @@ impl Authority {
         // Scopes the client lost since the token was issued are dropped now,
         // not at expiry (the common case, nothing lost, allocates nothing).
         let held = |s: &Arc<str>| client.scopes.contains(s);
-        let scopes = if verified.scopes.iter().all(held) {
-            verified.scopes.clone()
-        } else {
-            verified
-                .scopes
-                .iter()
-                .filter(|s| held(s))
-                .cloned()
-                .collect()
-        };
+        let scopes =
+            if Arc::ptr_eq(&verified.scopes, &client.scopes) || verified.scopes.iter().all(held) {
+                verified.scopes.clone()
+            } else {
+                verified
+                    .scopes
+                    .iter()
+                    .filter(|s| held(s))
+                    .cloned()
+                    .collect()
+            };
         Ok(Arc::new(Principal {
             client_id: verified.client_id.clone(),
             tenants: verified.tenants.clone(),
@@ -361,8 +363,29 @@ impl Authority {
                 // than at the next tick (the loop rate-limits this).
                 self.sync_now.notify_one();
             }
-            result
+            result.map(|v| self.shared(v))
         })
+    }
+
+    /// `v` with its strings swapped for equal ones already held (the
+    /// client's id, tenants and scopes, the issuer or route URL), so a cache
+    /// entry owns little more than its `jti`.
+    fn shared(&self, mut v: jwt::Verified) -> jwt::Verified {
+        if let Some(c) = self.clients.get(&v.client_id) {
+            v.client_id = c.client_id.clone();
+            if v.tenants == c.tenants {
+                v.tenants = c.tenants.clone();
+            }
+            if *v.scopes == *c.scopes {
+                v.scopes = c.scopes.clone();
+            }
+        }
+        if *v.aud == *self.issuer {
+            v.aud = self.issuer.clone();
+        } else if let Some(r) = self.resources.load().iter().find(|r| *r.url == *v.aud) {
+            v.aud = r.url.clone();
+        }
+        v
     }
 
     /// Whether the request bears the bootstrap admin token.

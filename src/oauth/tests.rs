@@ -156,6 +156,29 @@ async fn hot_path_reads_no_store_and_caches_by_digest() {
 }
 
 #[tokio::test]
+async fn a_cache_entry_shares_the_clients_strings() {
+    let (a, _) = authority().await;
+    let (c, secret) = client(&a).await;
+    let (_, _, v) = token(&a, &c.client_id, &secret, "").await;
+    let t = v["access_token"].as_str().unwrap();
+    let (_, _, v) = token(&a, &c.client_id, &secret, &format!("&resource={GITHUB}")).await;
+    let r = v["access_token"].as_str().unwrap();
+    let (issuer_aud, route_aud) = (a.verify_token(t).unwrap(), a.verify_token(r).unwrap());
+    for v in [&issuer_aud, &route_aud] {
+        assert!(Arc::ptr_eq(&v.client_id, &c.client_id));
+        assert!(Arc::ptr_eq(&v.scopes, &c.scopes));
+        let (Tenants::One(ours), Tenants::One(theirs)) = (&v.tenants, &c.tenants) else {
+            panic!("one tenant");
+        };
+        assert!(Arc::ptr_eq(ours, theirs));
+    }
+    assert!(Arc::ptr_eq(&issuer_aud.aud, &a.issuer));
+    assert_eq!(&*route_aud.aud, GITHUB);
+    let p = check(&a, r, Some(GITHUB)).unwrap();
+    assert!(Arc::ptr_eq(&p.scopes, &c.scopes));
+}
+
+#[tokio::test]
 async fn missing_query_and_foreign_scheme_tokens() {
     let (a, _) = authority().await;
     let none = http::HeaderMap::new();

@@ -287,8 +287,8 @@ impl Authority {
         self.resources
             .load()
             .iter()
-            .find(|res| res.url == trimmed)
-            .map(|res| Arc::from(res.url.as_str()))
+            .find(|res| *res.url == *trimmed)
+            .map(|res| res.url.clone())
             .ok_or_else(|| {
                 OAuthError::new(
                     OAuthErrorCode::InvalidTarget,
