@@ -213,6 +213,9 @@ pub struct Client {
     /// The last suspension. Kept after reactivation: tokens issued before it
     /// stay invalid.
     pub suspended_at: Option<OffsetDateTime>,
+    /// Store version this copy was read or written at: a reload keeps the
+    /// copy it has when the version did not move.
+    pub(crate) version: u64,
 }
 
 /// A rotated-out secret and the end of its grace period.
@@ -223,8 +226,8 @@ pub(crate) struct PreviousSecret {
 }
 
 /// Shares equal lists and strings between the clients built through it.
-/// The registry rebuilds it with every full reload, so values no client
-/// uses any more do not pile up.
+/// The registry keeps one for good and prunes it after each full reload, so
+/// values nothing uses any more do not pile up.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
     strs: HashSet<Arc<str>>,
@@ -261,8 +264,24 @@ impl Interner {
         a
     }
 
-    /// The in-memory form of a record.
-    pub(crate) fn client(&mut self, r: ClientRecord) -> Client {
+    /// Forgets what only the interner still holds: no client (and no cached
+    /// token verification) uses it any more.
+    pub(crate) fn prune(&mut self) {
+        self.lists.retain(|l| Arc::strong_count(l) > 1);
+        self.ips.retain(|l| Arc::strong_count(l) > 1);
+        // After the lists: theirs were the only other holders of most strings.
+        self.strs.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// The in-memory form of a record written at `version`. The strings of
+    /// `previous` (this client before the change) are kept where equal, so
+    /// what still shares them (cached token verifications) is not doubled.
+    pub(crate) fn client(
+        &mut self,
+        r: ClientRecord,
+        version: u64,
+        previous: Option<&Client>,
+    ) -> Client {
         let previous_secret = (r.previous_secret_hash.is_some()
             || r.previous_secret_valid_until.is_some())
         .then(|| {
@@ -271,11 +290,26 @@ impl Interner {
                 valid_until: r.previous_secret_valid_until,
             })
         });
+        let (client_id, tenants) = match previous {
+            Some(p) => (
+                if p.client_id == r.client_id {
+                    p.client_id.clone()
+                } else {
+                    r.client_id
+                },
+                if p.tenants == r.tenants {
+                    p.tenants.clone()
+                } else {
+                    r.tenants
+                },
+            ),
+            None => (r.client_id, r.tenants),
+        };
         Client {
-            client_id: r.client_id,
+            client_id,
             name: r.name.into(),
             description: r.description.into(),
-            tenants: r.tenants,
+            tenants,
             scopes: self.list(&r.scopes),
             allowed_integrations: self.list(&r.allowed_integrations),
             allowed_tools: self.list(&r.allowed_tools),
@@ -288,6 +322,7 @@ impl Interner {
             created_at: r.created_at,
             updated_at: r.updated_at,
             suspended_at: r.suspended_at,
+            version,
         }
     }
 }
@@ -421,7 +456,7 @@ pub(crate) mod tests {
     }
 
     fn compact(r: &ClientRecord) -> Client {
-        Interner::default().client(r.clone())
+        Interner::default().client(r.clone(), 1, None)
     }
 
     #[test]
@@ -515,9 +550,9 @@ pub(crate) mod tests {
             SecretHash::of(&new_secret()),
         );
         r.allowed_integrations = vec!["github".into(), "slack".into()];
-        let a = interner.client(r.clone());
+        let a = interner.client(r.clone(), 1, None);
         r.client_id = "cg-00000000000000000002".into();
-        let b = interner.client(r.clone());
+        let b = interner.client(r.clone(), 1, None);
         assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
         assert!(Arc::ptr_eq(
             &a.allowed_integrations,
@@ -526,9 +561,30 @@ pub(crate) mod tests {
         assert!(Arc::ptr_eq(&a.allowed_tools, &b.allowed_tools));
         assert!(Arc::ptr_eq(&a.allowed_ips, &b.allowed_ips));
         r.scopes = vec!["mcp".into()];
-        let c = interner.client(r);
+        let c = interner.client(r.clone(), 1, None);
         assert!(!Arc::ptr_eq(&a.scopes, &c.scopes));
         assert!(Arc::ptr_eq(&a.scopes[0], &c.scopes[0]));
         assert!(a.previous_secret.is_none() && a.jwks.is_none());
+
+        // A changed client keeps the strings it had.
+        r.name = "renamed".into();
+        let d = interner.client(r.clone(), 2, Some(&c));
+        assert!(Arc::ptr_eq(&c.client_id, &d.client_id));
+        let (Tenants::One(before), Tenants::One(after)) = (&c.tenants, &d.tenants) else {
+            panic!("one tenant");
+        };
+        assert!(Arc::ptr_eq(before, after));
+        assert!(Arc::ptr_eq(&c.scopes, &d.scopes));
+
+        // Pruning forgets only what no client holds any more.
+        let lists = |i: &Interner| (i.lists.len(), i.strs.len());
+        drop((a, b));
+        interner.prune();
+        // [mcp], [github, slack], [] and their strings; not [mcp, admin], admin.
+        assert_eq!(lists(&interner), (3, 3));
+        drop((c, d));
+        interner.prune();
+        assert_eq!(lists(&interner), (0, 0));
+        assert!(interner.ips.is_empty());
     }
 }

@@ -37,7 +37,8 @@ pub enum ClientError {
 pub struct ClientRegistry {
     store: Arc<dyn Store>,
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
-    /// Shares equal lists between the clients in the map.
+    /// Shares equal lists between the clients in the map; pruned after
+    /// each full reload.
     interner: Mutex<Interner>,
     /// Serializes this replica's writes with reloads, so a reload that read
     /// the store before a local write cannot undo it in memory.
@@ -72,18 +73,18 @@ impl ClientRegistry {
         all
     }
 
+    fn interner(&self) -> std::sync::MutexGuard<'_, Interner> {
+        self.interner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Arc<str>, Arc<Client>>> {
         self.clients.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keeps `record` in memory.
-    fn put(&self, record: ClientRecord) -> Arc<Client> {
-        let client = Arc::new(
-            self.interner
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .client(record),
-        );
+    /// Keeps `record`, written at `version`, in memory.
+    fn put(&self, record: ClientRecord, version: u64) -> Arc<Client> {
+        let previous = self.get(&record.client_id);
+        let client = Arc::new(self.interner().client(record, version, previous.as_deref()));
         self.clients
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -120,10 +121,11 @@ impl ClientRegistry {
         let record = build(new_client_id().into(), SecretHash::of(&secret));
         let _gate = self.gate.lock().await;
         let path = client_path(&record.client_id);
-        self.store
+        let version = self
+            .store
             .write(&path, record.to_data(), BTreeMap::new(), Cas::Absent)
             .await?;
-        let client = self.put(record);
+        let client = self.put(record, version);
         self.changes.announce(&*self.store).await;
         Ok((client, secret))
     }
@@ -157,8 +159,8 @@ impl ClientRegistry {
                 )
                 .await
             {
-                Ok(_) => {
-                    let client = self.put(client);
+                Ok(v) => {
+                    let client = self.put(client, v);
                     self.changes.announce(&*self.store).await;
                     return Ok(client);
                 }
@@ -189,11 +191,12 @@ impl ClientRegistry {
     }
 
     /// Replaces the map with what the store holds. A record that does not
-    /// parse is left out (its client cannot authenticate: fail closed).
+    /// parse is left out (its client cannot authenticate: fail closed). A
+    /// client whose version did not move keeps its copy (nothing parsed or
+    /// allocated again; cached token verifications keep sharing it).
     pub(crate) async fn reload(&self) -> Result<(), StoreError> {
         let _gate = self.gate.lock().await;
         let mut next = HashMap::new();
-        let mut interner = Interner::default();
         for name in self.store.list(CLIENTS_PREFIX).await? {
             if !is_client_id(&name) {
                 continue;
@@ -201,16 +204,23 @@ impl ClientRegistry {
             let Some(rec) = self.store.read(&client_path(&name)).await? else {
                 continue;
             };
+            let previous = self.get(&name);
+            if let Some(same) = previous.as_ref().filter(|c| c.version == rec.version) {
+                next.insert(same.client_id.clone(), same.clone());
+                continue;
+            }
             match parse(rec.data) {
                 Ok(c) if *c.client_id == *name => {
-                    let c = interner.client(c);
+                    let c = self.interner().client(c, rec.version, previous.as_deref());
                     next.insert(c.client_id.clone(), Arc::new(c));
                 }
                 _ => tracing::error!(client_id = %name, "client record unreadable; skipped"),
             }
         }
+        // The clients replaced (or deleted) are dropped here, then what only
+        // they used is forgotten.
         *self.clients.write().unwrap_or_else(|p| p.into_inner()) = next;
-        *self.interner.lock().unwrap_or_else(|p| p.into_inner()) = interner;
+        self.interner().prune();
         Ok(())
     }
 }
@@ -264,6 +274,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reload_keeps_unchanged_clients_and_reads_changed_ones() {
+        let store = Arc::new(MemStore::new());
+        let (a, b) = (registry(store.clone()), registry(store.clone()));
+        let (one, _) = a.create(sample).await.unwrap();
+        let (two, _) = a.create(sample).await.unwrap();
+        b.reload().await.unwrap();
+        let (b_one, b_two) = (
+            b.get(&one.client_id).unwrap(),
+            b.get(&two.client_id).unwrap(),
+        );
+        a.update(&two.client_id, |c| {
+            c.name = "changed".into();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        b.reload().await.unwrap();
+        assert!(Arc::ptr_eq(&b.get(&one.client_id).unwrap(), &b_one));
+        let changed = b.get(&two.client_id).unwrap();
+        assert_eq!((&*changed.name, changed.version), ("changed", 2));
+        // Its id string stays the one cached verifications already share.
+        assert!(Arc::ptr_eq(&changed.client_id, &b_two.client_id));
+        assert!(Arc::ptr_eq(&changed.scopes, &b_one.scopes));
+    }
+
+    #[tokio::test]
     async fn update_uses_check_and_set_and_delete_removes() {
         let store = Arc::new(MemStore::new());
         let a = registry(store.clone());
@@ -285,8 +321,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((&*after.name, &*after.description), ("one", "two"));
-        let stored = store.read(&client_path(&c.client_id)).await.unwrap();
-        assert_eq!(stored.unwrap().version, 3);
+        assert_eq!((c.version, after.version), (1, 3));
         b.delete(&c.client_id).await.unwrap();
         assert!(b.get(&c.client_id).is_none());
         assert!(matches!(
