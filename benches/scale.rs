@@ -16,6 +16,11 @@ use credgate::refresh::schedule;
 use credgate::store::Cas;
 use serde_json::json;
 
+// The allocator the credgate binary uses (src/main.rs), so resident memory
+// is what a deployment sees.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const STEPS: &[usize] = &[1_000, 10_000, 100_000];
 const STORED: usize = 100_000;
 const BEFORE_SECS: i64 = 300;
