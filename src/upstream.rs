@@ -97,6 +97,8 @@ impl Client {
             .enable_http1()
             .wrap_connector(http);
         let pool = Arc::new(Pool::default());
+        // Outside a runtime (some unit tests) nothing sweeps; a checkout
+        // still drops connections the upstream closed.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&pool)));
         }
