@@ -1,14 +1,8 @@
--- wrk script: client_credentials grants at /oauth/token (HTTP Basic).
+-- wrk script: client_credentials grants at /oauth/token (HTTP Basic); prints
+-- one JSON summary line for bench/report.py. Run from the repository root.
 wrk.method = "POST"
 wrk.body = "grant_type=client_credentials"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 wrk.headers["Authorization"] = "Basic " .. (os.getenv("BENCH_BASIC") or "")
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'JSON {"requests":%d,"duration_us":%d,"status_errors":%d,"socket_errors":%d,' ..
-    '"p50_us":%d,"p90_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
-end
+dofile("bench/summary.lua")
