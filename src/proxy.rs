@@ -2,7 +2,7 @@
 //! route → authenticate → tenant → authorize → rate limit → credential →
 //! inject → forward.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +18,7 @@ use crate::http::{Body, IdleTimeout, drain, full, read_body};
 use crate::ids;
 use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
+use crate::server::ConnInfo;
 use crate::state::{AppState, Live};
 use crate::upstream::{self, Forward, X_FORWARDED_FOR, X_TENANT_ID};
 
@@ -37,9 +38,7 @@ impl std::error::Error for BodyTooLarge {}
 pub async fn handle(
     state: &AppState,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    peer_ip: &HeaderValue,
-    proto: &'static str,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -58,11 +57,7 @@ pub async fn handle(
     };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = match forward(
-        state, &live, route, parts, &mut body, peer, peer_ip, proto, request_id,
-    )
-    .await
-    {
+    let resp = match forward(state, &live, route, parts, &mut body, conn, request_id).await {
         Ok(resp) => resp,
         Err(e) => {
             let drained = match body {
@@ -102,16 +97,13 @@ fn error_response(e: ProxyError, request_id: &HeaderValue) -> Response<Body> {
 
 /// `body` is taken once the request is cleared to go upstream; until then an
 /// error leaves it for the caller to drain.
-#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
     live: &Live,
     route: &Route,
     parts: http::request::Parts,
     body: &mut Option<Incoming>,
-    peer: SocketAddr,
-    peer_ip: &HeaderValue,
-    proto: &'static str,
+    conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
     if has_dot_segment(parts.uri.path()) {
@@ -128,7 +120,7 @@ async fn forward(
     let tenant = resolve_tenant(&principal, &parts.headers)?;
     authorize(&principal, route)?;
     let client_ip = client_ip(
-        peer.ip(),
+        conn.peer.ip(),
         &parts.headers,
         &state.config.proxy.trusted_proxies,
     );
@@ -152,8 +144,8 @@ async fn forward(
         parts,
         &Forward {
             route,
-            peer_ip,
-            proto,
+            peer_ip: &conn.peer_ip,
+            proto: conn.proto(),
             request_id,
             credential: inject(live, route, &credential),
         },

@@ -42,6 +42,13 @@ pub struct ConnInfo {
     pub tls: bool,
 }
 
+impl ConnInfo {
+    /// `X-Forwarded-Proto` for requests on this connection.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
 /// A bound socket and how to serve it.
 pub struct Listener {
     tcp: TcpListener,
@@ -294,7 +301,6 @@ async fn dispatch(
     } else if path == "/api/admin" || path.starts_with("/api/admin/") {
         Box::pin(admin::handle(state, req, conn.peer, rid)).await
     } else {
-        let proto = if conn.tls { "https" } else { "http" };
-        proxy::handle(state, req, conn.peer, &conn.peer_ip, proto, rid).await
+        proxy::handle(state, req, &conn, rid).await
     }
 }
