@@ -87,15 +87,17 @@ start_nginx() {
 }
 
 # start_credgate <store section> → credgate on PROXY_CPU; env passed through.
+# LAUNCH (default: pinned with taskset) and CREDGATE_BIN override how and what runs.
 start_credgate() {
     STORE="$1"
     render bench/credgate.toml.in "$WORK/credgate.toml"
+    # shellcheck disable=SC2086 # LAUNCH is a command line
     CREDGATE_ADMIN_TOKEN="$ADMIN_TOKEN" CREDGATE_MASTER_KEY="$(head -c32 /dev/urandom | base64)" \
-        taskset -c "$PROXY_CPU" "$ROOT/target/release/credgate" serve --config "$WORK/credgate.toml" \
-        >"$WORK/credgate.log" 2>&1 &
+        ${LAUNCH:-taskset -c $PROXY_CPU} "${CREDGATE_BIN:-$ROOT/target/release/credgate}" \
+        serve --config "$WORK/credgate.toml" >"$WORK/credgate.log" 2>&1 &
     CREDGATE_PID=$!
     PIDS+=("$CREDGATE_PID")
-    wait_http "http://127.0.0.1:$OPS_PORT/healthz"
+    wait_http "http://127.0.0.1:$OPS_PORT/healthz" 600
 }
 
 stop_credgate() {
@@ -263,21 +265,15 @@ instr_count() { # <target label> <callgrind out dir> <pid>
     echo "   $1: $((ir / INSTR_N)) instructions per request"
 }
 instr_credgate() { # <label> <binary>
-    local dir="$WORK/instr-$1" pid
+    local dir="$WORK/instr-$1"
     mkdir -p "$dir"
-    STORE="backend = \"embedded\"\npath = \"$dir/store\"\n"
-    render bench/credgate.toml.in "$dir/credgate.toml"
-    CREDGATE_ADMIN_TOKEN="$ADMIN_TOKEN" CREDGATE_MASTER_KEY="$(head -c32 /dev/urandom | base64)" \
-        valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out.%p" \
-        "$2" serve --config "$dir/credgate.toml" >"$dir/log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$OPS_PORT/healthz" 600
+    LAUNCH="valgrind --tool=callgrind --callgrind-out-file=$dir/cg.out.%p" CREDGATE_BIN="$2" \
+        start_credgate "backend = \"embedded\"\npath = \"$dir/store\"\n"
     seed instr
     "$PY" bench/instr.py "$CREDGATE_PORT" /github/mcp 300
-    callgrind_control -z "$pid" >/dev/null
+    callgrind_control -z "$CREDGATE_PID" >/dev/null
     "$PY" bench/instr.py "$CREDGATE_PORT" /github/mcp "$INSTR_N"
-    instr_count "$1" "$dir" "$pid"
+    instr_count "$1" "$dir" "$CREDGATE_PID"
 }
 instr() {
     echo "==> instructions per request (callgrind), $INSTR_N requests each"
