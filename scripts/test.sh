@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs credgate's whole test suite:
-#   1. a Python virtualenv at .venv with tests/requirements.txt (pinned),
+#   1. the system peers (scripts/peers.sh: Node 20+, chromium, chromium-driver, redis-server;
+#      installed from Debian's packages when run as root) and a Python virtualenv at .venv
+#      with tests/requirements.txt (pinned), npm packages from the lock files,
 #   2. cargo build (the e2e suite runs target/debug/credgate),
 #   3. cargo test (every Rust test),
 #   4. the end-to-end suite in tests/e2e against real peers (pytest).
@@ -18,23 +20,21 @@ step() {
 
 # shellcheck source=scripts/venv.sh
 source "$ROOT/scripts/venv.sh"
+# shellcheck source=scripts/peers.sh
+source "$ROOT/scripts/peers.sh"
 
 step "Python environment ($VENV)"
 ensure_venv
 
-# The TypeScript MCP SDK for the Node interop tests (tests/e2e/test_oauth_clients.py),
-# exact versions from tests/node/package-lock.json; those tests skip without node.
-if command -v node >/dev/null; then
-  step "Node packages (tests/node)"
-  npm ci --prefix tests/node --no-audit --no-fund
-fi
+step "System peers (node, chromium, chromium-driver, redis-server)"
+ensure_system_peers
 
-# oidc-provider, the real rotating OAuth provider of tests/e2e/test_refresh_oidc.py, exact
-# versions from tests/oidc/package-lock.json; those tests skip without node.
-if command -v node >/dev/null; then
-  step "Node packages (tests/oidc)"
-  npm ci --prefix tests/oidc --no-audit --no-fund
-fi
+# The TypeScript MCP SDK for the Node interop tests (tests/e2e/test_oauth_clients.py) and
+# oidc-provider, the real rotating OAuth provider (tests/e2e/test_refresh_oidc.py, the
+# connect flow), exact versions from their package-lock.json files.
+step "Node packages (tests/node, tests/oidc)"
+npm ci --prefix tests/node --no-audit --no-fund
+npm ci --prefix tests/oidc --no-audit --no-fund
 
 step "cargo build"
 cargo build

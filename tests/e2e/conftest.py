@@ -113,3 +113,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         if isinstance(mcp, McpUpstream) and mcp.log_path.exists():
             tail = mcp.log_path.read_text(errors="replace").splitlines()[-20:]
             rep.sections.append(("mcp server log", "\n".join(tail)))
+
+
+# A skipped test is a capability nobody checked: every peer is installed by scripts/test.sh,
+# so a skip (a missing peer, a forgotten mark) fails the run instead of passing quietly.
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _SKIPPED:
+        terminalreporter.write_line(
+            f"error: {len(_SKIPPED)} test(s) skipped; a skip counts as a failure here: " + ", ".join(_SKIPPED),
+            red=True,
+        )

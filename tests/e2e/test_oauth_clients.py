@@ -348,9 +348,9 @@ def test_mcp_private_key_jwt_provider_reaches_tool(
 
 def _node_ready() -> None:
     if shutil.which("node") is None:
-        pytest.skip("node is not installed")
+        pytest.fail("node is not installed: scripts/test.sh installs it")
     if not (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-        pytest.skip("tests/node dependencies missing: npm ci --prefix tests/node")
+        pytest.fail("tests/node dependencies missing: npm ci --prefix tests/node")
 
 
 def _run_node(env: dict[str, str]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ class OidcProvider:
     def __init__(self, workdir: Path) -> None:
         node = shutil.which("node")
         if node is None:
-            pytest.skip("node is not installed (the oidc-provider tests need Node 20+)")
+            pytest.fail("node is not installed (the oidc-provider tests need Node 20+): scripts/test.sh installs it")
         if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
             pytest.fail("oidc-provider is missing: npm ci --prefix tests/oidc --no-audit --no-fund")
         self.client_secret = secrets.token_urlsafe(24)
