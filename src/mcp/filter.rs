@@ -73,6 +73,10 @@ impl ToolFilter {
 
     /// One JSON document: `Ok(None)` when it passes unchanged.
     pub fn filter_json(&self, bytes: &[u8]) -> Result<Option<Vec<u8>>, Unfilterable> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            // No payload (a 202 to a notification, a DELETE's answer).
+            return Ok(None);
+        }
         let mut v = parse_strict(bytes).map_err(|_| Unfilterable("answer is not strict JSON"))?;
         if !self.filter_value(&mut v) {
             return Ok(None);
@@ -245,12 +249,8 @@ fn filter_event(event: &[u8], filter: &ToolFilter, out: &mut BytesMut) {
             data_lines += 1;
         }
     }
-    if data.iter().all(u8::is_ascii_whitespace) {
-        // No payload (a priming event, a keep-alive comment, a retry hint).
-        out.extend_from_slice(event);
-        return;
-    }
     let rewritten = match filter.filter_json(&data) {
+        // Unchanged, or no payload (a priming event, a comment, a retry hint).
         Ok(None) => {
             out.extend_from_slice(event);
             return;
