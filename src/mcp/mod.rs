@@ -209,30 +209,27 @@ impl<'a> Judge<'a> {
                 })
             }),
         };
-        let verdict = parsed.and_then(|v| self.judge(headers, &v).map(|()| v));
         let route: &str = &self.route.integration;
+        let (verdict, messages) = match parsed {
+            Ok(v) => (self.judge(headers, &v), Some(v)),
+            Err(r) => (Err(r), None),
+        };
         let result = match &verdict {
-            Ok(_) => "allowed",
+            Ok(()) => "allowed",
             Err(r) => r.reason(),
         };
-        match &verdict {
-            Ok(v) => {
-                for m in jsonrpc::messages(v) {
-                    let method = McpMethod::of(jsonrpc::method(m)).as_str();
-                    metrics
-                        .mcp_requests_total
-                        .with_label_values(&[route, method, result])
-                        .inc();
-                }
-            }
-            Err(_) => {
-                let method = header(headers, "mcp-method")
-                    .map_or("other", |m| McpMethod::of(Some(m)).as_str());
-                metrics
-                    .mcp_requests_total
-                    .with_label_values(&[route, method, result])
-                    .inc();
-            }
+        let count = |method: McpMethod| {
+            metrics
+                .mcp_requests_total
+                .with_label_values(&[route, method.as_str(), result])
+                .inc();
+        };
+        match &messages {
+            // Unparsed: the method the headers claim, if any.
+            None => count(McpMethod::of(header(headers, "mcp-method"))),
+            Some(v) => jsonrpc::messages(v)
+                .iter()
+                .for_each(|m| count(McpMethod::of(jsonrpc::method(m)))),
         }
         if let Err(refusal) = verdict {
             let tool = refusal.tool().map(|t| truncate(t, 128));
