@@ -136,18 +136,29 @@ pub struct SseEvents {
     line_start: usize,
     /// The last byte scanned was a CR that ended the buffer.
     after_cr: bool,
+    /// The last event went out rewritten (its line ends are LFs).
+    last_rewritten: bool,
 }
 
 impl SseEvents {
     /// Takes the next chunk; returns what may go to the client now.
-    pub fn push(&mut self, chunk: &[u8], filter: &ToolFilter) -> Result<Bytes, Unfilterable> {
-        self.buf.extend_from_slice(chunk);
+    pub fn push(&mut self, mut chunk: &[u8], filter: &ToolFilter) -> Result<Bytes, Unfilterable> {
         let mut out = BytesMut::new();
+        if self.after_cr && self.buf.is_empty() && chunk.first() == Some(&b'\n') {
+            // The rest of the CRLF that ended the last event goes with it
+            // (a rewritten event already ended with its own line ends).
+            if !self.last_rewritten {
+                out.extend_from_slice(b"\n");
+            }
+            chunk = &chunk[1..];
+            self.after_cr = false;
+        }
+        self.buf.extend_from_slice(chunk);
         while let Some(end) = self.next_event_end() {
             let event = self.buf.split_to(end).freeze();
             self.scanned = 0;
             self.line_start = 0;
-            filter_event(&event, filter, &mut out);
+            self.last_rewritten = filter_event(&event, filter, &mut out);
         }
         if self.buf.len() > filter.max_bytes {
             return Err(Unfilterable("event too large"));
@@ -160,7 +171,7 @@ impl SseEvents {
         let mut out = BytesMut::new();
         if !self.buf.is_empty() {
             let rest = std::mem::take(&mut self.buf).freeze();
-            filter_event(&rest, filter, &mut out);
+            let _ = filter_event(&rest, filter, &mut out);
         }
         out.freeze()
     }
@@ -235,8 +246,8 @@ fn field(line: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// Appends the event as the client may see it: unchanged, rewritten
-/// without the tools it may not call, or nothing at all.
-fn filter_event(event: &[u8], filter: &ToolFilter, out: &mut BytesMut) {
+/// without the tools it may not call (returns true), or nothing at all.
+fn filter_event(event: &[u8], filter: &ToolFilter, out: &mut BytesMut) -> bool {
     let mut data: Vec<u8> = Vec::new();
     let mut data_lines = 0usize;
     for line in lines(event) {
@@ -253,12 +264,12 @@ fn filter_event(event: &[u8], filter: &ToolFilter, out: &mut BytesMut) {
         // Unchanged, or no payload (a priming event, a comment, a retry hint).
         Ok(None) => {
             out.extend_from_slice(event);
-            return;
+            return false;
         }
         Ok(Some(json)) => json,
         Err(e) => {
             tracing::debug!(error = %e, "SSE event withheld from a restricted client");
-            return;
+            return true;
         }
     };
     let mut wrote_data = false;
@@ -277,6 +288,7 @@ fn filter_event(event: &[u8], filter: &ToolFilter, out: &mut BytesMut) {
         }
     }
     out.extend_from_slice(b"\n");
+    true
 }
 
 enum Kind {
