@@ -454,6 +454,58 @@ mod tests {
         assert_eq!(decode_header_value("=?base64?%%?="), None);
     }
 
+    fn config(route_extra: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "[[routes]]\nintegration = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n{route_extra}"
+        );
+        crate::config::Config::from_toml_with_env(&text, Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn route_policy_from_config() {
+        let c = config(
+            "tool_scopes = { \"delete_*\" = [\"mcp:write\"], \"*_admin\" = [\"mcp:admin\", \"mcp:write\"] }\n\
+             [[routes.deny]]\nwhen = 'args.n > 1'\nmessage = \"no\"\n",
+        )
+        .unwrap();
+        let p = RoutePolicy::from_config(&c.routes[0]).unwrap();
+        assert!(!p.is_empty());
+        let needed = |t: &str| p.scopes_for(t).map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(needed("delete_x"), ["mcp:write"]);
+        assert_eq!(
+            needed("delete_admin"),
+            ["mcp:admin", "mcp:write", "mcp:write"]
+        );
+        assert!(needed("read").is_empty());
+        assert!(
+            RoutePolicy::from_config(&config("").unwrap().routes[0])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_route_policy_is_a_config_error_naming_the_key() {
+        for (extra, expected) in [
+            (
+                "tool_scopes = { \"d*\" = [\"a\\\"b\"] }\n",
+                "routes[0]: tool_scopes",
+            ),
+            ("tool_scopes = { \"d*\" = [] }\n", "routes[0]: tool_scopes"),
+            (
+                "[[routes.deny]]\nwhen = '(('\nmessage = \"m\"\n",
+                "routes[0]: deny[0]: `when` does not compile",
+            ),
+            (
+                "[[routes.deny]]\nwhen = 'true'\nmessage = \"m\"\nwhy = 1\n",
+                "why",
+            ),
+        ] {
+            let err = config(extra).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
     #[test]
     fn scopes_must_be_header_safe() {
         assert!(valid_scope("mcp:write"));
