@@ -180,11 +180,9 @@ impl<'a> Judge<'a> {
     }
 
     fn allows(&self, tool: &str) -> bool {
-        tools::allows(
-            &self.principal.client.allowed_tools,
-            &self.route.integration,
-            tool,
-        )
+        self.principal
+            .client
+            .allows_tool(&self.route.integration, tool)
     }
 
     /// Judges the request: headers and the kept body (`None` or empty for
