@@ -186,7 +186,8 @@ def test_cel_rules_allow_and_refuse_on_arguments(env: Env, integration: str) -> 
     assert (err["code"], err["message"], err["details"]["tool"]) == ("FORBIDDEN", RULE_MESSAGE, "transfer"), err
 
 
-def test_node_sdk_lists_calls_and_steps_up(env: Env) -> None:
+@pytest.mark.parametrize("integration", ["tools", "tools-json"])
+def test_node_sdk_lists_calls_and_steps_up(env: Env, integration: str) -> None:
     assert shutil.which("node"), "node is required (tests/node)"
     assert (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir(), "run npm ci --prefix tests/node"
     tenant = _tenant(env)
@@ -194,12 +195,12 @@ def test_node_sdk_lists_calls_and_steps_up(env: Env) -> None:
         tenant=tenant,
         integrations=list(env.tokens),
         scopes=["mcp", "mcp:write"],
-        allowedTools=["whoami", "search_*", "tools/delete_*"],
+        allowedTools=["whoami", "search_*", f"{integration}/delete_*"],
     )
     item, query = unique("item"), unique("q")
     full_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     full_env.update(
-        MCP_URL=f"{env.gate.url}/tools/mcp",
+        MCP_URL=f"{env.gate.url}/{integration}/mcp",
         ISSUER=env.gate.url,
         CLIENT_ID=client.client_id,
         CLIENT_SECRET=client.client_secret,
@@ -228,6 +229,6 @@ def test_node_sdk_lists_calls_and_steps_up(env: Env) -> None:
     assert res["forbidden"].startswith("refused"), res["forbidden"]
     assert res["stepUp"] == {"deleted": item}, res
     assert res["scopes"][0] == "mcp" and "mcp:write" in res["scopes"][-1].split(), res["scopes"]
-    server = env.servers["tools"]
+    server = env.servers[integration]
     assert _ran(server, "delete_item").count({"item": item}) == 1
     assert not [a for a in _ran(server, "transfer") if a == {"amount": 1, "to": "x"}], "a refused call ran"
