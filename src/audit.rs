@@ -30,6 +30,8 @@ pub enum AuditKind {
     RefreshRetry,
     RefreshFailed,
     AdminAuthFailed,
+    /// A JSON-RPC request refused by the MCP policy (docs/policy.md).
+    McpCallRefused,
 }
 
 /// One audit line. Every field is an identifier or a fixed word.
@@ -54,6 +56,9 @@ pub struct AuditEvent<'a> {
     /// Token id (`jti`), never the token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<&'a str>,
+    /// The MCP tool a refused call named (at most 128 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<&'a str>,
 }
 
 enum Sink {

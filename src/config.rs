@@ -438,6 +438,12 @@ pub struct RouteConfig {
     pub required_scopes: Vec<String>,
     #[serde(default)]
     pub inject: Inject,
+    /// MCP tools that need more scopes: tool glob → scopes (docs/policy.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tool_scopes: BTreeMap<String, Vec<String>>,
+    /// `[[routes.deny]]`: CEL rules refusing `tools/call`s (docs/policy.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<crate::mcp::DenyRuleConfig>,
 }
 
 impl RouteConfig {
@@ -610,6 +616,8 @@ impl Config {
                 http::HeaderName::from_bytes(header.as_bytes())
                     .map_err(|_| ConfigError::Invalid(format!("{at}: bad header `{header}`")))?;
             }
+            crate::mcp::validate_route(r)
+                .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
         }
         Ok(())
     }

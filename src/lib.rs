@@ -15,6 +15,7 @@
 //! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown; dispatch.
 //! - [`proxy`]: the proxied request path, top to bottom.
 //! - [`routes`]: the route table.
+//! - [`mcp`]: MCP-aware policy: allowed tools, tool scopes, CEL rules, tools/list filtering.
 //! - [`ratelimit`]: per-tenant and per-client token buckets.
 //! - [`refresh`]: upstream credential refresh: provider calls, single-flight, leases.
 //! - [`upstream`]: the upstream client and header hygiene.
@@ -32,6 +33,7 @@ pub mod credentials;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod ops;

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounter,
     /// `backend`, `op`, `result`.
     pub store_requests_total: IntCounterVec,
+    /// `route`, `method` (a fixed set), `result`: JSON-RPC messages judged.
+    pub mcp_requests_total: IntCounterVec,
     /// `backend`, `op`.
     pub store_request_duration_seconds: HistogramVec,
 }
@@ -106,6 +108,11 @@ impl Metrics {
                 "credgate_store_requests_total",
                 "Store operations, by backend, operation and result",
                 &["backend", "op", "result"],
+            ),
+            mcp_requests_total: counter(
+                "credgate_mcp_requests_total",
+                "JSON-RPC messages judged by the MCP policy, by route, method and result",
+                &["route", "method", "result"],
             ),
             store_request_duration_seconds: histogram(
                 "credgate_store_request_duration_seconds",

@@ -16,6 +16,7 @@ use crate::credentials::Cached;
 use crate::error::ProxyError;
 use crate::http::{Body, IdleTimeout, drain, full, read_body};
 use crate::ids;
+use crate::mcp;
 use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
 use crate::server::ConnInfo;
@@ -140,7 +141,7 @@ async fn forward(
     }
 
     let credential = state.credentials.get(&tenant, &route.integration).await?;
-    let parts = upstream::upstream_parts(
+    let mut parts = upstream::upstream_parts(
         parts,
         &Forward {
             route,
@@ -155,16 +156,26 @@ async fn forward(
     // A small body is kept so the request can be replayed once after an
     // upstream 401 and a refresh; anything larger streams straight through.
     let replay_limit = state.config.proxy.max_replay_body_bytes.min(limit);
-    // A client restricted to some tools has its calls read before they go up.
-    let inspect = !principal.client.allowed_tools.is_empty() && parts.method == Method::POST;
+    // A client restricted to some tools, or a route with a tool policy, has
+    // its JSON-RPC read and judged before anything goes up, whatever the
+    // method or transfer encoding (docs/policy.md).
+    let judge = mcp::Judge::new(route, &principal, &tenant);
     let (kept, stream) = match http_body::Body::size_hint(&body).exact() {
         Some(n) if n <= replay_limit => (Some(read_body(body, replay_limit as usize).await?), None),
-        _ if inspect => (Some(read_body(body, replay_limit as usize).await?), None),
+        _ if judge.is_some() => (Some(read_body(body, replay_limit as usize).await?), None),
         _ => (None, Some(body)),
     };
-    if !principal.client.allowed_tools.is_empty() {
-        check_tools(&principal, &parts.headers, kept.as_deref())?;
-    }
+    let answer_filter = match &judge {
+        Some(j) => j.check(
+            &state.metrics,
+            &state.audit,
+            request_id.to_str().unwrap_or(""),
+            &mut parts.headers,
+            kept.as_deref(),
+            limit,
+        )?,
+        None => None,
+    };
     let retry_head = kept.as_ref().map(|_| {
         (
             parts.method.clone(),
@@ -190,11 +201,11 @@ async fn forward(
     };
     let resp = send(state, route, Request::from_parts(parts, first_body)).await?;
     if resp.status() != StatusCode::UNAUTHORIZED {
-        return Ok(resp);
+        return mcp::filter_answer(answer_filter, resp);
     }
     // Boxed: rare, and its future would otherwise grow every request's.
     let retry = retry_head.map(|head| (head, kept.unwrap_or_default()));
-    Box::pin(after_unauthorized(
+    let resp = Box::pin(after_unauthorized(
         state,
         live,
         route,
@@ -203,7 +214,8 @@ async fn forward(
         retry,
         resp,
     ))
-    .await
+    .await?;
+    mcp::filter_answer(answer_filter, resp)
 }
 
 type RetryHead = (Method, http::Uri, http::HeaderMap);
@@ -316,48 +328,6 @@ fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
             message: "Integration not allowed for this client".into(),
             details: serde_json::json!({ "integration": &*route.integration }),
         });
-    }
-    Ok(())
-}
-
-/// Enforces `allowedTools` on MCP `tools/call` requests: the 2026-07-28
-/// `Mcp-Method`/`Mcp-Name` headers and every JSON-RPC message of the body
-/// (single or batch). `body` is None for requests without one.
-fn check_tools(
-    p: &Principal,
-    headers: &http::HeaderMap,
-    body: Option<&[u8]>,
-) -> Result<(), ProxyError> {
-    let refuse = |tool: &str| ProxyError::Forbidden {
-        message: "Tool not allowed for this client".into(),
-        details: serde_json::json!({ "tool": tool }),
-    };
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if header("mcp-method") == Some("tools/call") {
-        let name = header("mcp-name").unwrap_or("");
-        if !p.client.allows_tool(name) {
-            return Err(refuse(name));
-        }
-    }
-    let Some(body) = body.filter(|b| !b.is_empty()) else {
-        return Ok(());
-    };
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| ProxyError::bad_request("request body is not JSON"))?;
-    let messages = match &value {
-        serde_json::Value::Array(items) => items.as_slice(),
-        one => std::slice::from_ref(one),
-    };
-    for m in messages {
-        if m.get("method").and_then(|v| v.as_str()) == Some("tools/call") {
-            let name = m
-                .pointer("/params/name")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            if !p.client.allows_tool(name) {
-                return Err(refuse(name));
-            }
-        }
     }
     Ok(())
 }

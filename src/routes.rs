@@ -27,6 +27,8 @@ pub struct Route {
     pub resource: Arc<str>,
     /// URL of the route's RFC 9728 document (for `WWW-Authenticate`).
     pub resource_metadata: Arc<str>,
+    /// `tool_scopes` and `deny` rules, compiled.
+    pub mcp: crate::mcp::RoutePolicy,
 }
 
 impl Route {
@@ -53,6 +55,7 @@ impl Route {
             inject: c.inject.clone(),
             resource: c.resource_url(public_url).into(),
             resource_metadata: c.resource_metadata_url(public_url).into(),
+            mcp: crate::mcp::RoutePolicy::from_config(c).expect("validated tool policy"),
         }
     }
 

@@ -389,8 +389,10 @@ impl Client {
                 .any(|i| **i == *integration)
     }
 
-    pub fn allows_tool(&self, tool: &str) -> bool {
-        self.allowed_tools.is_empty() || self.allowed_tools.iter().any(|t| **t == *tool)
+    /// Whether the client may call `tool` on a route of `integration`
+    /// (`allowedTools` globs and prefixes: docs/policy.md).
+    pub fn allows_tool(&self, integration: &str, tool: &str) -> bool {
+        crate::mcp::tools::allows(&self.allowed_tools, integration, tool)
     }
 
     pub fn allows_ip(&self, ip: IpAddr) -> bool {
@@ -516,7 +518,7 @@ pub(crate) mod tests {
         assert!(c.allows_ip("::ffff:192.0.2.7".parse().unwrap()));
         assert!(!c.allows_ip("192.0.2.8".parse().unwrap()));
         assert!(c.allows_integration("github") && !c.allows_integration("slack"));
-        assert!(c.allows_tool("search") && !c.allows_tool("delete"));
+        assert!(c.allows_tool("github", "search") && !c.allows_tool("github", "delete"));
         assert!("nonsense".parse::<IpAllow>().is_err());
     }
 

@@ -64,8 +64,13 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot render {v!r} as TOML")
+
+
+def _toml_key(k: str) -> str:
+    """A bare key when TOML allows one (`a_b-1`), else a quoted one (`"delete_*"`)."""
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
 
 
 def render_config(sections: dict[str, dict[str, Any]], routes: list[dict[str, Any]]) -> str:
