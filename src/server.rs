@@ -1,7 +1,8 @@
 //! Listeners: the proxy (OAuth, admin, proxied traffic) and ops ports,
 //! HTTP/1.1 and HTTP/2 (h2c, or ALPN h2 with TLS) through hyper-util's auto
 //! builder, a cap on concurrent connections, header size and read-time
-//! limits, graceful shutdown with a drain limit.
+//! limits (every connection is supervised by [`crate::conn_limits`]),
+//! graceful shutdown with a drain limit.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -23,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::conn_limits::{self, Activity, InFlight, Tracked};
 use crate::error::ProxyError;
 use crate::http::{Body, request_id};
 use crate::state::AppState;
@@ -203,7 +206,10 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.try_into().unwrap_or(u32::MAX));
+        .max_header_list_size(limits.max_header_bytes.try_into().unwrap_or(u32::MAX))
+        // A peer that stops answering pings is gone: its streams are closed.
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tls = listener.tls.map(|(acceptor, _)| acceptor);
     loop {
@@ -229,6 +235,7 @@ where
         // Registered now, so shutdown waits for this connection's handshake too.
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let conn = ConnInfo {
@@ -237,13 +244,23 @@ where
                     .expect("an IP is a header value"),
                 tls: tls.is_some(),
             };
-            let svc = service_fn(move |req| handler(req, conn.clone()));
+            let activity = Arc::new(Activity::default());
+            let requests = activity.clone();
+            let svc = service_fn(move |req| {
+                let in_flight = InFlight::start(&requests);
+                let answer = handler(req, conn.clone());
+                async move {
+                    let resp = answer.await?;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+                }
+            });
+            let limits = (activity.as_ref(), limits.header_read_timeout, stop);
             match tls {
-                None => serve_conn(&builder, watcher, stream, svc).await,
+                None => serve_conn(&builder, watcher, stream, svc, limits).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc).await,
+                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc, limits).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -253,16 +270,30 @@ where
     }
 }
 
-async fn serve_conn<I, S>(builder: &Builder<TokioExecutor>, watcher: Watcher, io: I, svc: S)
-where
+/// Serves one connection under the limits of [`conn_limits`]. `watcher`
+/// is held until the connection ends, so shutdown's drain waits for it.
+async fn serve_conn<I, S>(
+    builder: &Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    svc: S,
+    (activity, idle, stop): (&Activity, Duration, watch::Receiver<bool>),
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Tracked<Body>>,
+            Error = Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
+    let _watcher = watcher;
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let graceful = |c: Pin<&mut _>| {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(c)
+    };
+    if let Err(e) = conn_limits::supervise(conn, graceful, activity, idle, stop).await {
         tracing::debug!(error = %e, "connection ended with error");
     }
 }
