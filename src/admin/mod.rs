@@ -176,7 +176,19 @@ fn authenticate(
         Ok(p) => p,
         Err(e) => {
             fail("invalid_token");
-            return match authority.admin_auth_failed(caller.throttle_key()) {
+            // A guess (a wrong bootstrap token, a forged or garbled JWT)
+            // counts; a real token that expired or was revoked does not.
+            let guess = matches!(
+                e,
+                ProxyError::Unauthorized {
+                    reason: AuthFailure::Malformed | AuthFailure::BadSignature,
+                    ..
+                }
+            );
+            return match guess
+                .then(|| authority.admin_auth_failed(caller.throttle_key()))
+                .flatten()
+            {
                 Some(wait) => Err(throttled(wait)),
                 None => Err(e),
             };

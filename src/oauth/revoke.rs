@@ -21,7 +21,7 @@ use super::token::authenticate_client;
 use super::{Authority, Tenants};
 use crate::audit::{AuditEvent, AuditKind};
 use crate::client_addr::Resolved;
-use crate::error::{OAuthError, OAuthErrorCode};
+use crate::error::{AuthFailure, OAuthError, OAuthErrorCode};
 use crate::http::{Body, BoxError, json_no_store};
 use crate::store::{Cas, Store, StoreError};
 
@@ -210,10 +210,13 @@ where
             return super::token::slow_down(auth, wait).into_response();
         }
         let now = jwt::unix_now();
-        let admin = auth
-            .authenticate_at(&parts.headers, None, None, now)
-            .ok()
-            .filter(|p| p.has_scope("admin"));
+        let authn = auth.authenticate_at(&parts.headers, None, None, now);
+        // Only guesses count against the address, not expired real tokens.
+        let guess = matches!(
+            authn,
+            Err(AuthFailure::Malformed | AuthFailure::BadSignature)
+        );
+        let admin = authn.ok().filter(|p| p.has_scope("admin"));
         if let Some(p) = &admin
             && !p.client.allows_ip(caller.addr)
         {
@@ -221,7 +224,7 @@ where
         }
         caller_ok = admin.is_some() || auth.is_bootstrap_admin(&parts.headers);
         if !caller_ok {
-            if let Some(wait) = auth.admin_auth_failed(key) {
+            if let Some(wait) = guess.then(|| auth.admin_auth_failed(key)).flatten() {
                 return super::token::slow_down(auth, wait).into_response();
             }
             return OAuthError::new(OAuthErrorCode::InvalidClient, "admin token required")
