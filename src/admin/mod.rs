@@ -147,7 +147,7 @@ fn authenticate(
             reset_at: reset_at(wait),
         }
     };
-    if let Some(wait) = authority.auth_blocked(caller.throttle_key()) {
+    if let Some(wait) = authority.admin_auth_blocked(caller.throttle_key()) {
         fail("throttled");
         return Err(throttled(wait));
     }

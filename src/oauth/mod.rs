@@ -136,6 +136,10 @@ pub struct Authority {
     changes: Arc<sync::Changes>,
     cache: jwt::ValidationCache,
     throttle: throttle::Throttle,
+    /// Wrong admin bearer tokens, per address: the same policy as client
+    /// authentication, its own counters (a client hammering a wrong secret
+    /// does not lock the operator out of the admin API, nor the reverse).
+    admin_throttle: throttle::Throttle,
     /// Wakes the sync loop early (a token named a kid we do not know yet).
     sync_now: Notify,
     /// SHA-256 of the bootstrap admin token (`CREDGATE_ADMIN_TOKEN`),
@@ -177,6 +181,10 @@ impl Authority {
             resources,
             sync_interval: Duration::from_secs(config.store.sync_interval_seconds.max(1)),
             throttle: throttle::Throttle::new(
+                config.oauth.max_failures_per_client,
+                config.oauth.max_failures_per_address,
+            ),
+            admin_throttle: throttle::Throttle::new(
                 config.oauth.max_failures_per_client,
                 config.oauth.max_failures_per_address,
             ),
@@ -227,17 +235,18 @@ impl Authority {
         self.body_timeout
     }
 
-    /// `Some(retry_after)` while `key` is throttled for failed
-    /// authentications (client or bootstrap admin credentials).
-    pub fn auth_blocked(&self, key: std::net::IpAddr) -> Option<u64> {
-        self.throttle
+    /// `Some(retry_after)` while `key` is throttled for wrong admin bearer
+    /// tokens (the admin API, `/oauth/introspect` with `Bearer`).
+    pub fn admin_auth_blocked(&self, key: std::net::IpAddr) -> Option<u64> {
+        self.admin_throttle
             .address_blocked(key, std::time::Instant::now())
     }
 
-    /// Counts a wrong admin credential against the caller's address, like a
-    /// failed client authentication; `Some(retry_after)` once over the limit.
+    /// Counts a wrong admin bearer token against the caller's address, like
+    /// a failed client authentication; `Some(retry_after)` once over
+    /// `oauth.max_failures_per_address` in a minute.
     pub fn admin_auth_failed(&self, key: std::net::IpAddr) -> Option<u64> {
-        self.throttle
+        self.admin_throttle
             .record_failure(key, None, std::time::Instant::now())
     }
 

@@ -206,7 +206,7 @@ where
     if bearer {
         // Checked from the headers, before any body is read.
         let key = caller.throttle_key();
-        if let Some(wait) = auth.auth_blocked(key) {
+        if let Some(wait) = auth.admin_auth_blocked(key) {
             return super::token::slow_down(auth, wait).into_response();
         }
         let now = jwt::unix_now();
