@@ -94,13 +94,15 @@ impl<B: http_body::Body<Data = Bytes>> http_body::Body for Tracked<B> {
     }
 }
 
-/// Drives `conn` until it ends, applying the limits in the module doc.
-/// `graceful` starts the connection's graceful shutdown; `stop` turning true
-/// (server shutdown) starts it too.
+/// Drives `conn` until it ends, applying the limits in the module doc: the
+/// first request head is due at `head_due`, then no request may be missing
+/// for `idle`. `graceful` starts the connection's graceful shutdown; `stop`
+/// turning true (server shutdown) starts it too.
 pub(crate) async fn supervise<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     activity: &Activity,
+    head_due: Instant,
     idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), E>
@@ -111,7 +113,7 @@ where
     let grace = idle.min(MAX_CLOSE_GRACE);
     let mut seen = 0;
     let mut closing = false;
-    let mut check = Instant::now() + idle;
+    let mut check = head_due;
     loop {
         tokio::select! {
             done = conn.as_mut() => return done,
@@ -187,7 +189,9 @@ mod tests {
         let (_tx, rx) = watch::channel(false);
         let activity = Activity::default();
         let t0 = Instant::now();
-        supervise(c, graceful, &activity, IDLE, rx).await.unwrap();
+        supervise(c, graceful, &activity, Instant::now() + IDLE, IDLE, rx)
+            .await
+            .unwrap();
         assert_eq!(t0.elapsed(), IDLE);
         assert!(
             !shut.load(Ordering::Relaxed),
@@ -202,7 +206,9 @@ mod tests {
         let activity = Arc::new(Activity::default());
         let a = activity.clone();
         let t0 = Instant::now();
-        let task = tokio::spawn(async move { supervise(c, graceful, &a, IDLE, rx).await });
+        let task = tokio::spawn(async move {
+            supervise(c, graceful, &a, Instant::now() + IDLE, IDLE, rx).await
+        });
         // One request, open for a long time (a stream): never idle.
         let guard = InFlight::start(&activity);
         tokio::time::sleep(IDLE * 5).await;
@@ -226,7 +232,9 @@ mod tests {
         let activity = Arc::new(Activity::default());
         let _busy = InFlight::start(&activity);
         let a = activity.clone();
-        let task = tokio::spawn(async move { supervise(c, graceful, &a, IDLE, rx).await });
+        let task = tokio::spawn(async move {
+            supervise(c, graceful, &a, Instant::now() + IDLE, IDLE, rx).await
+        });
         tokio::time::sleep(Duration::from_secs(1)).await;
         tx.send(true).unwrap();
         task.await.unwrap().unwrap();

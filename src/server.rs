@@ -33,7 +33,8 @@ use crate::tls::{self, ReloadingCert, TlsError};
 use crate::upstream::X_REQUEST_ID;
 use crate::{admin, ops, proxy};
 
-/// A TLS handshake must finish within this.
+/// A TLS handshake must finish within this (and within the header timeout,
+/// which counts from the accept).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a handler knows about the connection a request came on.
@@ -238,6 +239,9 @@ where
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            // The first request head is due this long after the accept,
+            // TLS handshake included.
+            let head_due = tokio::time::Instant::now() + limits.header_read_timeout;
             let conn = ConnInfo {
                 peer,
                 peer_ip: http::HeaderValue::try_from(peer.ip().to_string())
@@ -254,13 +258,19 @@ where
                     Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
                 }
             });
-            let limits = (activity.as_ref(), limits.header_read_timeout, stop);
+            let supervision = (
+                activity.as_ref(),
+                head_due,
+                limits.header_read_timeout,
+                stop,
+            );
             match tls {
-                None => serve_conn(&builder, watcher, stream, svc, limits).await,
+                None => serve_conn(&builder, watcher, stream, svc, supervision).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc, limits).await,
+                    let handshake = TLS_HANDSHAKE_TIMEOUT
+                        .min(head_due.saturating_duration_since(tokio::time::Instant::now()));
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc, supervision).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -277,7 +287,12 @@ async fn serve_conn<I, S>(
     watcher: Watcher,
     io: I,
     svc: S,
-    (activity, idle, stop): (&Activity, Duration, watch::Receiver<bool>),
+    (activity, head_due, idle, stop): (
+        &Activity,
+        tokio::time::Instant,
+        Duration,
+        watch::Receiver<bool>,
+    ),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -293,7 +308,7 @@ async fn serve_conn<I, S>(
     let graceful = |c: Pin<&mut _>| {
         hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(c)
     };
-    if let Err(e) = conn_limits::supervise(conn, graceful, activity, idle, stop).await {
+    if let Err(e) = conn_limits::supervise(conn, graceful, activity, head_due, idle, stop).await {
         tracing::debug!(error = %e, "connection ended with error");
     }
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -110,7 +111,7 @@ def _closed_within(s: socket.socket, seconds: float) -> bool:
         try:
             if s.recv(65536) == b"":
                 return True
-        except (ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
             return True
         except TimeoutError:
             return False
@@ -195,6 +196,39 @@ def test_silent_and_preface_only_connections_are_closed_and_the_port_stays_reach
     finally:
         for s in socks:
             s.close()
+
+
+def test_tls_connections_that_never_ask_are_closed_at_the_header_timeout(
+    tmp_path: Path, echo: EchoUpstream
+) -> None:
+    """With TLS the header timeout counts from the accept: a silent socket does not get the
+    whole TLS handshake timeout on top, and a finished handshake with no request is closed."""
+    from cryptography.hazmat.primitives import serialization
+    from test_limits_tls import _ca, _leaf
+
+    ca_key, ca_cert = _ca()
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    _leaf(ca_key, ca_cert, tmp_path)
+    sections = _sections([])
+    sections["proxy"].update(tls_cert=str(tmp_path / "tls.crt"), tls_key=str(tmp_path / "tls.key"))
+    g = Credgate(tmp_path / "tls", [route("echo", "/echo", echo.url)], sections)
+    g.public_url = f"https://127.0.0.1:{g.proxy_port}"
+    g.start()
+    try:
+        silent = _connect(g)
+        ctx = ssl.create_default_context(cafile=str(ca))
+        shook = ctx.wrap_socket(_connect(g), server_hostname="127.0.0.1")
+        try:
+            t0 = time.monotonic()
+            assert _closed_within(silent, HEADER_TIMEOUT + 3), "silent socket still open"
+            assert _closed_within(shook, HEADER_TIMEOUT + 3), "TLS connection without a request still open"
+            assert time.monotonic() - t0 < HEADER_TIMEOUT + 3
+        finally:
+            silent.close()
+            shook.close()
+    finally:
+        g.stop()
 
 
 def _h2_client(g: Credgate) -> tuple[socket.socket, h2.connection.H2Connection]:
