@@ -41,7 +41,10 @@ pub async fn handle(
         },
         Err(e) => {
             let mut resp = e.into_response(rid);
-            if !drain(body).await {
+            // Reading the body of an `Expect: 100-continue` request would
+            // invite it; without it the caller sends nothing more.
+            let expects = parts.headers.contains_key(http::header::EXPECT);
+            if expects || !drain(body).await {
                 resp.headers_mut()
                     .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -303,12 +303,17 @@ def test_an_idle_http2_connection_is_closed(direct: Credgate) -> None:
 # ----- 2. bodies: authenticated first, read within a deadline -----------------------------
 
 
-def test_an_unauthenticated_admin_request_is_refused_without_waiting_for_its_body(direct: Credgate) -> None:
+@pytest.mark.parametrize("expect", [False, True])
+def test_an_unauthenticated_admin_request_is_refused_without_waiting_for_its_body(
+    direct: Credgate, expect: bool
+) -> None:
     head = (
         b"POST /api/admin/oauth/clients HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-token\r\n"
-        b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+        + (b"Expect: 100-continue\r\n" if expect else b"")
+        + b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
     )
-    first, answer = _raw_request(direct, head, b"{", wait=BODY_TIMEOUT + 3)
+    # With `Expect: 100-continue` the caller sends nothing until invited, and is not invited.
+    first, answer = _raw_request(direct, head, b"" if expect else b"{", wait=BODY_TIMEOUT + 3)
     assert _status(answer) == 401, answer[:300]
     assert first < BODY_TIMEOUT / 2, f"answered after {first:.2f}s: the body was waited for"
     assert _header(answer, "connection") == "close", answer[:300]
