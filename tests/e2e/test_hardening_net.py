@@ -526,3 +526,16 @@ def test_forwarding_headers_from_a_trusted_proxy_pass(behind: Credgate) -> None:
     assert seen.get("forwarded") == FORWARDING["Forwarded"], seen
     assert seen.get("x-real-ip") == FORWARDING["X-Real-IP"], seen
     assert seen.get("cookie") == "mcp_session=abc", seen
+
+
+def test_body_read_timeout_must_be_positive(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    for value, ok in ((0, False), (5, True)):
+        cfg.write_text(f"[proxy]\nbody_read_timeout_seconds = {value}\n")
+        p = subprocess.run(
+            [str(CREDGATE_BIN), "check-config", "--config", str(cfg)],
+            capture_output=True, timeout=20, stdin=subprocess.DEVNULL,
+        )
+        assert (p.returncode == 0) == ok, (value, p.stdout[-500:], p.stderr[-500:])
+        if ok:
+            assert b"body_read_timeout_seconds = 5" in p.stdout, p.stdout[-2000:]
