@@ -79,14 +79,9 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> R
         };
     }
     // Entries right to left, across repeated headers (last header last).
-    let values: Vec<&[u8]> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
     let mut addr = ClientAddr::Known(peer);
-    'walk: for value in values.iter().rev() {
-        for entry in value.rsplit(|b| *b == b',') {
+    'walk: for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for entry in value.as_bytes().rsplit(|b| *b == b',') {
             let parsed = std::str::from_utf8(entry)
                 .ok()
                 .and_then(|s| s.trim().parse::<IpAddr>().ok());
