@@ -24,7 +24,7 @@ SECTIONS="${*:-steady paced instr token cold micro scale sched}"
 OUT="${OUT:-$ROOT/target/bench-out}"
 WORK="$(mktemp -d /tmp/credgate-bench.XXXXXX)"
 UPSTREAM_PORT=18081 NGINX_PORT=18082 CREDGATE_PORT=18083 OPS_PORT=18084
-ADMIN_TOKEN="bench-admin-$RANDOM$RANDOM"
+ADMIN_TOKEN="bench-admin-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d " \n")"  # >= 32 characters
 PY="$ROOT/.venv/bin/python"
 [[ -x "$PY" ]] || PY=python3
 PIDS=()

@@ -133,6 +133,7 @@ fn hot_path(c: &mut Criterion) {
                     &Forward {
                         route,
                         peer_ip: &peer_ip,
+                        peer_trusted: false,
                         proto: "http",
                         request_id: &request_id,
                         credential: (&header::AUTHORIZATION, cached.bearer.clone()),

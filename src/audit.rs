@@ -72,7 +72,8 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// `-` writes to stdout, anything else appends to that file.
+    /// `-` writes to stdout, anything else appends to that file (created
+    /// with mode 0600; an existing file keeps its mode).
     pub fn open(path: &str) -> std::io::Result<Self> {
         let sink = if path == "-" {
             Sink::Stdout
@@ -80,9 +81,12 @@ impl Audit {
             if let Some(dir) = std::path::Path::new(path).parent() {
                 std::fs::create_dir_all(dir)?;
             }
+            // Owner-only: the log names clients, tenants and addresses.
+            use std::os::unix::fs::OpenOptionsExt;
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(path)?;
             Sink::File(Mutex::new(file))
         };
@@ -127,5 +131,21 @@ impl Audit {
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot write audit log");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_audit_file_is_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.log");
+        let audit = Audit::open(path.to_str().unwrap()).unwrap();
+        audit.record(AuditKind::AdminAuthFailed, AuditEvent::default());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     }
 }

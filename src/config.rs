@@ -22,6 +22,7 @@ pub const MAX_STATIC_KEY_DAYS: u64 = 365;
 pub const DEFAULT_SYNC_INTERVAL_SECONDS: u64 = 5;
 pub const DEFAULT_STORE_PATH: &str = "data/credgate.store";
 pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
+pub const DEFAULT_BODY_READ_TIMEOUT_SECONDS: u64 = 30;
 
 /// Environment variables that hold secrets; read by name, never from the file.
 pub const ENV_ADMIN_TOKEN: &str = "CREDGATE_ADMIN_TOKEN";
@@ -72,6 +73,9 @@ pub struct ProxyConfig {
     pub stream_idle_timeout_seconds: u64,
     /// A client gets this long to send its request headers.
     pub header_read_timeout_seconds: u64,
+    /// A request body credgate buffers (`/oauth/*`, `/api/admin/*`, proxied
+    /// bodies kept for replay) must arrive within this (408 after).
+    pub body_read_timeout_seconds: u64,
     /// Largest request head accepted (HTTP/1.1 buffer, HTTP/2 header list).
     pub max_header_bytes: usize,
     /// Connections served at once on this listener; more wait in the backlog.
@@ -97,6 +101,7 @@ impl Default for ProxyConfig {
             upstream_connect_timeout_seconds: 10,
             stream_idle_timeout_seconds: 300,
             header_read_timeout_seconds: 30,
+            body_read_timeout_seconds: DEFAULT_BODY_READ_TIMEOUT_SECONDS,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
@@ -544,6 +549,7 @@ impl Config {
             || p.upstream_connect_timeout_seconds == 0
             || p.stream_idle_timeout_seconds == 0
             || p.header_read_timeout_seconds == 0
+            || p.body_read_timeout_seconds == 0
             || p.max_connections == 0
         {
             return invalid("proxy timeouts and max_connections must be at least 1".into());

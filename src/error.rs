@@ -81,6 +81,10 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("payload too large")]
     PayloadTooLarge { limit: u64 },
+    /// A body credgate buffers did not arrive within
+    /// `proxy.body_read_timeout_seconds`; the connection is closed after.
+    #[error("request body timed out")]
+    RequestTimeout,
     #[error("rate limited")]
     RateLimited {
         limit: u32,
@@ -134,6 +138,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE")
             }
+            ProxyError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             ProxyError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE"),
@@ -170,6 +175,7 @@ impl ProxyError {
             ProxyError::NotFound => "Not found".into(),
             ProxyError::MethodNotAllowed => "Method not allowed".into(),
             ProxyError::PayloadTooLarge { .. } => "Request body too large".into(),
+            ProxyError::RequestTimeout => "Request body not received in time".into(),
             ProxyError::RateLimited { .. } => "Too many requests".into(),
             ProxyError::UpstreamUnavailable => "Upstream unavailable".into(),
             ProxyError::StoreUnavailable { .. } => "Credential store unavailable".into(),
@@ -247,6 +253,11 @@ impl ProxyError {
                     &retry_after_secs.max(&1).to_string(),
                 );
             }
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request.
+            ProxyError::RequestTimeout => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         resp
@@ -277,6 +288,9 @@ pub enum OAuthErrorCode {
     UnsupportedResponseType,
     /// Not in RFC 6749; answered with 429 when client authentication is throttled.
     SlowDown,
+    /// Not in RFC 6749; answered with 408 when the body did not arrive in
+    /// time (`proxy.body_read_timeout_seconds`), with `Connection: close`.
+    RequestTimeout,
     ServerError,
     TemporarilyUnavailable,
 }
@@ -294,6 +308,7 @@ impl OAuthErrorCode {
             OAuthErrorCode::AccessDenied => "access_denied",
             OAuthErrorCode::UnsupportedResponseType => "unsupported_response_type",
             OAuthErrorCode::SlowDown => "slow_down",
+            OAuthErrorCode::RequestTimeout => "request_timeout",
             OAuthErrorCode::ServerError => "server_error",
             OAuthErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
         }
@@ -304,6 +319,7 @@ impl OAuthErrorCode {
             OAuthErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
             OAuthErrorCode::AccessDenied => StatusCode::FORBIDDEN,
             OAuthErrorCode::SlowDown => StatusCode::TOO_MANY_REQUESTS,
+            OAuthErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             OAuthErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             OAuthErrorCode::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             OAuthErrorCode::InvalidRequest
@@ -353,6 +369,9 @@ impl OAuthError {
         }
         if let Some(secs) = self.retry_after_secs {
             insert(h, header::RETRY_AFTER, &secs.max(1).to_string());
+        }
+        if self.code == OAuthErrorCode::RequestTimeout {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -410,6 +429,18 @@ mod tests {
                 .contains(r#"error="invalid_token""#)
         );
         assert_eq!(body_json(bad).await["error"]["code"], "UNAUTHORIZED");
+    }
+
+    #[tokio::test]
+    async fn request_timeout_is_408_and_closes() {
+        let resp = ProxyError::RequestTimeout.into_response("r");
+        assert_eq!(resp.status(), 408);
+        assert_eq!(resp.headers()["connection"], "close");
+        assert_eq!(body_json(resp).await["error"]["code"], "REQUEST_TIMEOUT");
+        let resp = OAuthError::new(OAuthErrorCode::RequestTimeout, "slow").into_response();
+        assert_eq!(resp.status(), 408);
+        assert_eq!(resp.headers()["connection"], "close");
+        assert_eq!(body_json(resp).await["error"], "request_timeout");
     }
 
     #[tokio::test]

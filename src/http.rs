@@ -1,5 +1,7 @@
 //! The body type every handler answers with, and small response helpers.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
@@ -41,19 +43,23 @@ pub fn json_no_store<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
     resp
 }
 
-/// Buffers a small request body (OAuth and admin endpoints), refusing more
-/// than `limit` bytes with 413.
-pub async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ProxyError>
+/// Buffers a small request body (OAuth and admin endpoints, bodies kept for
+/// replay), refusing more than `limit` bytes with 413 and a body that has
+/// not fully arrived within `deadline` with 408: a stalled sender cannot pin
+/// the buffer.
+pub async fn read_body<B>(body: B, limit: usize, deadline: Duration) -> Result<Bytes, ProxyError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::PayloadTooLarge {
+    // The timer is only registered if the body is not already complete.
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ProxyError::RequestTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(ProxyError::PayloadTooLarge {
             limit: limit as u64,
         }),
-        Err(_) => Err(ProxyError::bad_request("could not read request body")),
+        Ok(Err(_)) => Err(ProxyError::bad_request("could not read request body")),
     }
 }
 
@@ -91,14 +97,22 @@ where
     if body.is_end_stream() {
         return true;
     }
-    matches!(
-        tokio::time::timeout(
-            std::time::Duration::from_millis(200),
-            Limited::new(body, MAX_DRAIN).collect(),
-        )
-        .await,
-        Ok(Ok(_))
-    )
+    // Frames are dropped as they come: nothing of a refused body is kept.
+    let discard = async move {
+        let mut body = std::pin::pin!(body);
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > MAX_DRAIN {
+                return false;
+            }
+        }
+        true
+    };
+    tokio::time::timeout(Duration::from_millis(200), discard)
+        .await
+        .unwrap_or(false)
 }
 
 pin_project_lite::pin_project! {
@@ -182,6 +196,23 @@ where
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_408_and_a_complete_one_is_read() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, BoxError>>(1);
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        tx.send(Ok(http_body::Frame::data(Bytes::from("part"))))
+            .await
+            .unwrap();
+        let read = read_body(body, 1024, Duration::from_secs(30));
+        let err = read.await.unwrap_err();
+        assert!(matches!(err, ProxyError::RequestTimeout), "{err:?}");
+        drop(tx);
+        let whole = read_body(full("ok"), 1024, Duration::from_secs(30)).await;
+        assert_eq!(whole.unwrap(), "ok");
+        let big = read_body(full("too long"), 3, Duration::from_secs(30)).await;
+        assert!(matches!(big, Err(ProxyError::PayloadTooLarge { limit: 3 })));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_stream_is_cut_and_active_one_is_not() {

@@ -13,6 +13,9 @@
 //! - [`metrics`]: Prometheus families.
 //! - [`audit`]: the secret-free audit log.
 //! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown; dispatch.
+//! - [`conn_limits`]: how long a connection may sit without a request.
+//! - [`client_addr`]: the caller's address (`trusted_proxies`,
+//!   `X-Forwarded-For`), the same for every endpoint.
 //! - [`proxy`]: the proxied request path, top to bottom.
 //! - [`routes`]: the route table.
 //! - [`mcp`]: MCP-aware policy: allowed tools, tool scopes, CEL rules, tools/list filtering.
@@ -28,7 +31,9 @@
 
 pub mod admin;
 pub mod audit;
+pub mod client_addr;
 pub mod config;
+pub mod conn_limits;
 pub mod credentials;
 pub mod error;
 pub mod http;

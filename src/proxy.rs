@@ -2,7 +2,6 @@
 //! route → authenticate → tenant → authorize → rate limit → credential →
 //! inject → forward.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +20,7 @@ use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
 use crate::server::ConnInfo;
 use crate::state::{AppState, Live};
-use crate::upstream::{self, Forward, X_FORWARDED_FOR, X_TENANT_ID};
+use crate::upstream::{self, Forward, X_TENANT_ID};
 
 /// Marker error: the streamed request body passed `max_body_bytes`.
 #[derive(Debug)]
@@ -120,15 +119,13 @@ async fn forward(
     )?;
     let tenant = resolve_tenant(&principal, &parts.headers)?;
     authorize(&principal, route)?;
-    let client_ip = client_ip(
-        conn.peer.ip(),
-        &parts.headers,
-        &state.config.proxy.trusted_proxies,
-    );
-    if !principal.client.allows_ip(client_ip) {
+    let caller = state
+        .authority
+        .resolve_client(conn.peer.ip(), &parts.headers);
+    if !principal.client.allows_ip(caller.addr) {
         return Err(ProxyError::Forbidden {
             message: "Source address not allowed for this client".into(),
-            details: serde_json::json!({ "ip": client_ip.to_string() }),
+            details: serde_json::json!({ "ip": caller.addr.to_string() }),
         });
     }
     live.rate_limits
@@ -146,6 +143,7 @@ async fn forward(
         &Forward {
             route,
             peer_ip: &conn.peer_ip,
+            peer_trusted: caller.peer_trusted,
             proto: conn.proto(),
             request_id,
             credential: inject(live, route, &credential),
@@ -160,9 +158,10 @@ async fn forward(
     // its JSON-RPC read and judged before anything goes up, whatever the
     // method or transfer encoding (docs/policy.md).
     let judge = mcp::Judge::new(route, &principal, &tenant);
+    let keep = |body| read_body(body, replay_limit as usize, state.authority.body_timeout());
     let (kept, stream) = match http_body::Body::size_hint(&body).exact() {
-        Some(n) if n <= replay_limit => (Some(read_body(body, replay_limit as usize).await?), None),
-        _ if judge.is_some() => (Some(read_body(body, replay_limit as usize).await?), None),
+        Some(n) if n <= replay_limit => (Some(keep(body).await?), None),
+        _ if judge.is_some() => (Some(keep(body).await?), None),
         _ => (None, Some(body)),
     };
     let answer_filter = match &judge {
@@ -332,28 +331,6 @@ fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// The caller's address: the peer, or, when the peer is a trusted proxy,
-/// the right-most `X-Forwarded-For` entry that is not itself trusted.
-fn client_ip(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let mut hops: Vec<IpAddr> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    while let Some(ip) = hops.pop() {
-        if !is_trusted(&ip) {
-            return ip;
-        }
-    }
-    peer
-}
-
 /// Header names for `inject = { header = … }`, parsed once per route.
 pub fn inject_headers(routes: &crate::routes::Routes) -> Vec<HeaderName> {
     routes
@@ -398,27 +375,5 @@ mod tests {
         ] {
             assert!(!has_dot_segment(ok), "{ok}");
         }
-    }
-
-    #[test]
-    fn forwarded_for_only_from_trusted_proxies() {
-        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut h = http::HeaderMap::new();
-        h.insert(
-            X_FORWARDED_FOR.clone(),
-            HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.1.1.1"),
-        );
-        let outside: IpAddr = "192.0.2.1".parse().unwrap();
-        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
-        assert_eq!(
-            client_ip(outside, &h, &trusted),
-            outside,
-            "untrusted peer: XFF ignored"
-        );
-        assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(proxy, &http::HeaderMap::new(), &trusted), proxy);
     }
 }

@@ -1,12 +1,14 @@
 //! Listeners: the proxy (OAuth, admin, proxied traffic) and ops ports,
 //! HTTP/1.1 and HTTP/2 (h2c, or ALPN h2 with TLS) through hyper-util's auto
 //! builder, a cap on concurrent connections, header size and read-time
-//! limits, graceful shutdown with a drain limit.
+//! limits (every connection is supervised by [`crate::conn_limits`]),
+//! graceful shutdown with a drain limit.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::conn_limits::{self, Activity, InFlight, Tracked};
 use crate::error::ProxyError;
 use crate::http::{Body, request_id};
 use crate::state::AppState;
@@ -30,7 +33,8 @@ use crate::tls::{self, ReloadingCert, TlsError};
 use crate::upstream::X_REQUEST_ID;
 use crate::{admin, ops, proxy};
 
-/// A TLS handshake must finish within this.
+/// A TLS handshake must finish within this (and within the header timeout,
+/// which counts from the accept).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a handler knows about the connection a request came on.
@@ -203,7 +207,10 @@ where
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes.try_into().unwrap_or(u32::MAX));
+        .max_header_list_size(limits.max_header_bytes.try_into().unwrap_or(u32::MAX))
+        // A peer that stops answering pings is gone: its streams are closed.
+        .keep_alive_interval(limits.header_read_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tls = listener.tls.map(|(acceptor, _)| acceptor);
     loop {
@@ -229,21 +236,41 @@ where
         // Registered now, so shutdown waits for this connection's handshake too.
         let watcher = graceful.watcher();
         let tls = tls.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            // The first request head is due this long after the accept,
+            // TLS handshake included.
+            let head_due = tokio::time::Instant::now() + limits.header_read_timeout;
             let conn = ConnInfo {
                 peer,
                 peer_ip: http::HeaderValue::try_from(peer.ip().to_string())
                     .expect("an IP is a header value"),
                 tls: tls.is_some(),
             };
-            let svc = service_fn(move |req| handler(req, conn.clone()));
+            let activity = Arc::new(Activity::default());
+            let requests = activity.clone();
+            let svc = service_fn(move |req| {
+                let in_flight = InFlight::start(&requests);
+                let answer = handler(req, conn.clone());
+                async move {
+                    let resp = answer.await?;
+                    Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
+                }
+            });
+            let supervision = (
+                activity.as_ref(),
+                head_due,
+                limits.header_read_timeout,
+                stop,
+            );
             match tls {
-                None => serve_conn(&builder, watcher, stream, svc).await,
+                None => serve_conn(&builder, watcher, stream, svc, supervision).await,
                 Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc).await,
+                    let handshake = TLS_HANDSHAKE_TIMEOUT
+                        .min(head_due.saturating_duration_since(tokio::time::Instant::now()));
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_conn(&builder, watcher, s, svc, supervision).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -253,16 +280,35 @@ where
     }
 }
 
-async fn serve_conn<I, S>(builder: &Builder<TokioExecutor>, watcher: Watcher, io: I, svc: S)
-where
+/// Serves one connection under the limits of [`conn_limits`]. `watcher`
+/// is held until the connection ends, so shutdown's drain waits for it.
+async fn serve_conn<I, S>(
+    builder: &Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    svc: S,
+    (activity, head_due, idle, stop): (
+        &Activity,
+        tokio::time::Instant,
+        Duration,
+        watch::Receiver<bool>,
+    ),
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Send
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Tracked<Body>>,
+            Error = Infallible,
+        > + Send
         + 'static,
     S::Future: Send + 'static,
 {
+    let _watcher = watcher;
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    let graceful = |c: Pin<&mut _>| {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(c)
+    };
+    if let Err(e) = conn_limits::supervise(conn, graceful, activity, head_due, idle, stop).await {
         tracing::debug!(error = %e, "connection ended with error");
     }
 }

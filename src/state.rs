@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use http::Response;
 use http::header::HeaderName;
 use secrecy::{ExposeSecret, SecretString};
-use subtle::ConstantTimeEq;
 
 use crate::audit::Audit;
 use crate::config::{Config, RateLimitConfig};
@@ -63,8 +62,10 @@ pub struct AppState {
     pub authority: Arc<Authority>,
     pub credentials: Arc<Credentials>,
     pub upstream: upstream::Client,
-    admin_token: Option<SecretString>,
 }
+
+/// The shortest bootstrap admin token accepted at start-up.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -94,9 +95,23 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
         let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
+        // An empty variable counts as unset; a short token is refused before
+        // anything else is opened.
+        let admin_token = admin_token.filter(|t| !t.expose_secret().is_empty());
+        if admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN_LEN)
+        {
+            return Err(StartError::Config(format!(
+                "{} must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)",
+                crate::config::ENV_ADMIN_TOKEN
+            )));
+        }
         let audit = Arc::new(Audit::open(&config.audit.path)?);
-        let authority =
-            Arc::new(Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?);
+        let mut authority =
+            Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?;
+        authority.set_admin_token(admin_token.as_ref());
+        let authority = Arc::new(authority);
         let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())
             .map_err(|e| StartError::Config(e.to_string()))?;
         let refresher = Refresher::new(
@@ -122,7 +137,6 @@ impl AppState {
             audit,
             authority,
             credentials,
-            admin_token: admin_token.filter(|t| !t.expose_secret().is_empty()),
         })
     }
 
@@ -152,11 +166,10 @@ impl AppState {
         Ok(restart)
     }
 
-    /// Whether `token` is the bootstrap admin token (constant time).
+    /// Whether `token` is the bootstrap admin token (digests compared in
+    /// constant time).
     pub fn is_admin_token(&self, token: &str) -> bool {
-        self.admin_token
-            .as_ref()
-            .is_some_and(|t| bool::from(t.expose_secret().as_bytes().ct_eq(token.as_bytes())))
+        self.authority.is_admin_token(token)
     }
 
     /// Records the request metrics for a finished request.

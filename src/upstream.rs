@@ -57,6 +57,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// credgate's own cookies (the connect and settings pages) are named with
+/// this prefix, bare or behind `__Host-`/`__Secure-`; they never go upstream.
+pub const OWN_COOKIE_PREFIX: &str = "credgate";
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
@@ -420,11 +425,48 @@ fn strip_hop_by_hop(h: &mut HeaderMap, fixed: &[HeaderName]) {
     h.remove(&PROXY_CONNECTION);
 }
 
+/// Removes credgate's own cookies from `Cookie`; the caller's other cookies
+/// pass (an MCP server may keep its sessions in them). See
+/// docs/RELIABILITY.md.
+fn strip_own_cookies(h: &mut HeaderMap) {
+    fn own(pair: &str) -> bool {
+        let name = pair.split('=').next().unwrap_or("").trim();
+        let name = name
+            .strip_prefix("__Host-")
+            .or_else(|| name.strip_prefix("__Secure-"))
+            .unwrap_or(name);
+        name.len() >= OWN_COOKIE_PREFIX.len()
+            && name[..OWN_COOKIE_PREFIX.len()].eq_ignore_ascii_case(OWN_COOKIE_PREFIX)
+    }
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && !own(pair))
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::COOKIE);
+    if let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && !kept.is_empty()
+    {
+        h.insert(header::COOKIE, v);
+    }
+}
+
 /// What the forwarded request needs besides the caller's request.
 pub struct Forward<'a> {
     pub route: &'a Route,
     /// The caller's address, as `X-Forwarded-For` writes it.
     pub peer_ip: &'a HeaderValue,
+    /// The TCP peer is one of `proxy.trusted_proxies`: its `Forwarded` and
+    /// `X-Real-IP` pass; anyone else's are dropped (the upstream might
+    /// believe them).
+    pub peer_trusted: bool,
     /// `https` when the caller reached credgate over TLS.
     pub proto: &'static str,
     pub request_id: &'a HeaderValue,
@@ -458,6 +500,11 @@ pub fn upstream_parts(
     h.remove(&X_TENANT_ID);
     // A credential header of the caller's own (e.g. X-API-Key) never passes.
     h.remove(f.credential.0);
+    if !f.peer_trusted {
+        h.remove(&FORWARDED);
+        h.remove(&X_REAL_IP);
+    }
+    strip_own_cookies(h);
 
     let xff = match h.get(&X_FORWARDED_FOR) {
         None => Some(f.peer_ip.clone()),
@@ -516,13 +563,19 @@ mod tests {
             .header("x-forwarded-for", "10.0.0.1")
             .header("mcp-session-id", "s1")
             .header("mcp-protocol-version", "2025-11-25")
+            .header("forwarded", "for=203.0.113.9")
+            .header("x-real-ip", "203.0.113.9")
+            .header("cookie", "session=abc; credgate_connect=x")
+            .header("cookie", "__Host-credgate-csrf=y; theme=dark")
             .body(())
             .unwrap();
         let (parts, ()) = req.into_parts();
+        let trusted_parts = parts.clone();
         let rid = HeaderValue::from_static("rid-1");
         let f = Forward {
             route,
             peer_ip: &HeaderValue::from_static("127.0.0.1"),
+            peer_trusted: false,
             proto: "http",
             request_id: &rid,
             credential: (
@@ -543,9 +596,20 @@ mod tests {
             "keep-alive",
             "te",
             "proxy-authorization",
+            "forwarded",
+            "x-real-ip",
         ] {
             assert!(!h.contains_key(gone), "{gone} should be stripped");
         }
+        assert_eq!(h["cookie"], "session=abc; theme=dark");
+        // From a trusted proxy, its forwarding headers pass.
+        let f = Forward {
+            peer_trusted: true,
+            ..f
+        };
+        let t = upstream_parts(trusted_parts, &f).unwrap();
+        assert_eq!(t.headers["forwarded"], "for=203.0.113.9");
+        assert_eq!(t.headers["x-real-ip"], "203.0.113.9");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "proxy.local");
@@ -593,6 +657,7 @@ mod tests {
         let f = Forward {
             route,
             peer_ip: &HeaderValue::from_static("127.0.0.1"),
+            peer_trusted: false,
             proto: "http",
             request_id: &rid,
             credential: (&name, HeaderValue::from_static("real")),

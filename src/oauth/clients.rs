@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 use super::Tenants;
+use crate::client_addr::ClientAddr;
 
 /// Client ids credgate generates: `cg-` and 20 lowercase hex digits (80
 /// random bits). They are valid identifiers (`ids::validate`) and path
@@ -395,12 +396,16 @@ impl Client {
         crate::mcp::tools::allows(&self.allowed_tools, integration, tool)
     }
 
-    pub fn allows_ip(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
+    /// Whether `allowedIps` admits the caller. An unknown address (see
+    /// [`crate::client_addr`]) is admitted only by a client without a list.
+    pub fn allows_ip(&self, addr: ClientAddr) -> bool {
+        if self.allowed_ips.is_empty() {
+            return true;
+        }
+        let Some(ip) = addr.ip().map(crate::client_addr::canonical) else {
+            return false;
         };
-        self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|n| n.0.contains(&ip))
+        self.allowed_ips.iter().any(|n| n.0.contains(&ip))
     }
 
     /// Unix second of the last suspension; tokens with `iat` at or before it
@@ -508,15 +513,21 @@ pub(crate) mod tests {
             "cg-00000000000000000001".into(),
             SecretHash::of(&new_secret()),
         );
+        let known = |s: &str| ClientAddr::Known(s.parse().unwrap());
         let c = compact(&r);
-        assert!(c.allows_ip("192.0.2.1".parse().unwrap()) && c.allows_integration("x"));
+        assert!(c.allows_ip(known("192.0.2.1")) && c.allows_integration("x"));
+        assert!(c.allows_ip(ClientAddr::Unknown), "no list: any address");
         r.allowed_ips = vec!["10.0.0.0/8".parse().unwrap(), "192.0.2.7".parse().unwrap()];
         r.allowed_integrations = vec!["github".into()];
         r.allowed_tools = vec!["search".into()];
         let c = compact(&r);
-        assert!(c.allows_ip("10.1.2.3".parse().unwrap()));
-        assert!(c.allows_ip("::ffff:192.0.2.7".parse().unwrap()));
-        assert!(!c.allows_ip("192.0.2.8".parse().unwrap()));
+        assert!(c.allows_ip(known("10.1.2.3")));
+        assert!(c.allows_ip(known("::ffff:192.0.2.7")));
+        assert!(!c.allows_ip(known("192.0.2.8")));
+        assert!(
+            !c.allows_ip(ClientAddr::Unknown),
+            "a list refuses an unknown address"
+        );
         assert!(c.allows_integration("github") && !c.allows_integration("slack"));
         assert!(c.allows_tool("github", "search") && !c.allows_tool("github", "delete"));
         assert!("nonsense".parse::<IpAllow>().is_err());

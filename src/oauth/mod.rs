@@ -136,10 +136,19 @@ pub struct Authority {
     changes: Arc<sync::Changes>,
     cache: jwt::ValidationCache,
     throttle: throttle::Throttle,
+    /// Wrong admin bearer tokens, per address: the same policy as client
+    /// authentication, its own counters (a client hammering a wrong secret
+    /// does not lock the operator out of the admin API, nor the reverse).
+    admin_throttle: throttle::Throttle,
     /// Wakes the sync loop early (a token named a kid we do not know yet).
     sync_now: Notify,
-    /// SHA-256 of `CREDGATE_ADMIN_TOKEN`, accepted at `/oauth/introspect`.
+    /// SHA-256 of the bootstrap admin token (`CREDGATE_ADMIN_TOKEN`),
+    /// accepted by the admin API and at `/oauth/introspect`.
     admin_token: Option<jwt::Digest>,
+    /// `proxy.trusted_proxies`: how callers' addresses are resolved.
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// `proxy.body_read_timeout_seconds`.
+    body_timeout: Duration,
 }
 
 /// Largest `/oauth/*` request body accepted.
@@ -175,6 +184,10 @@ impl Authority {
                 config.oauth.max_failures_per_client,
                 config.oauth.max_failures_per_address,
             ),
+            admin_throttle: throttle::Throttle::new(
+                config.oauth.max_failures_per_client,
+                config.oauth.max_failures_per_address,
+            ),
             store,
             metrics,
             audit,
@@ -184,11 +197,62 @@ impl Authority {
             changes,
             cache: jwt::ValidationCache::new(),
             sync_now: Notify::new(),
-            admin_token: std::env::var(crate::config::ENV_ADMIN_TOKEN)
-                .ok()
-                .filter(|t| !t.is_empty())
-                .map(|t| jwt::digest(&zeroize::Zeroizing::new(t))),
+            admin_token: None,
+            trusted_proxies: config.proxy.trusted_proxies.clone(),
+            body_timeout: Duration::from_secs(config.proxy.body_read_timeout_seconds),
         })
+    }
+
+    /// Accepts `token` as the bootstrap admin token from now on. Only its
+    /// digest is kept.
+    pub fn set_admin_token(&mut self, token: Option<&secrecy::SecretString>) {
+        use secrecy::ExposeSecret;
+        self.admin_token = token.map(|t| jwt::digest(t.expose_secret()));
+    }
+
+    /// Whether `token` is the bootstrap admin token. Both sides are hashed
+    /// first and the digests compared in constant time, so neither the
+    /// content nor the length of the token leaks through timing.
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.admin_token
+            .as_ref()
+            .is_some_and(|expected| jwt::digest(token).ct_eq(expected).into())
+    }
+
+    /// The caller of a request from `peer`, resolved as for every endpoint
+    /// (see [`crate::client_addr`]).
+    pub fn resolve_client(
+        &self,
+        peer: std::net::IpAddr,
+        headers: &http::HeaderMap,
+    ) -> crate::client_addr::Resolved {
+        crate::client_addr::resolve(peer, headers, &self.trusted_proxies)
+    }
+
+    /// How long a buffered request body may take to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
+    }
+
+    /// `Some(retry_after)` while `key` is throttled for wrong admin bearer
+    /// tokens (the admin API, `/oauth/introspect` with `Bearer`).
+    pub fn admin_auth_blocked(&self, key: std::net::IpAddr) -> Option<u64> {
+        self.admin_throttle
+            .address_blocked(key, std::time::Instant::now())
+    }
+
+    /// Counts a wrong admin bearer token against the caller's address, like
+    /// a failed client authentication; `Some(retry_after)` once over
+    /// `oauth.max_failures_per_address` in a minute.
+    pub fn admin_auth_failed(&self, key: std::net::IpAddr) -> Option<u64> {
+        self.admin_throttle
+            .record_failure(key, None, std::time::Instant::now())
+    }
+
+    /// Failures allowed per address per window (for `RateLimited` details).
+    pub fn max_failures_per_address(&self) -> u32 {
+        self.oauth.max_failures_per_address
     }
 
     /// Signs new tokens with a fresh key from now on; older keys stay in the
@@ -255,6 +319,7 @@ impl Authority {
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
+        let client = self.resolve_client(peer.ip(), req.headers());
         let path = req.uri().path();
         let get_only = |doc: Option<Response<Body>>| {
             doc.map(|resp| match *req.method() {
@@ -268,9 +333,9 @@ impl Authority {
             {
                 Some(method_not_allowed("POST", request_id))
             }
-            "/oauth/token" => Some(token::handle(self, req, peer, request_id).await),
-            "/oauth/introspect" => Some(revoke::introspect(self, req, peer).await),
-            "/oauth/revoke" => Some(revoke::revoke(self, req, peer, request_id).await),
+            "/oauth/token" => Some(token::handle(self, req, client, request_id).await),
+            "/oauth/introspect" => Some(revoke::introspect(self, req, client).await),
+            "/oauth/revoke" => Some(revoke::revoke(self, req, client, request_id).await),
             "/oauth/authorize" => Some(
                 OAuthError::new(
                     OAuthErrorCode::UnsupportedResponseType,
@@ -390,11 +455,7 @@ impl Authority {
 
     /// Whether the request bears the bootstrap admin token.
     pub(crate) fn is_bootstrap_admin(&self, headers: &http::HeaderMap) -> bool {
-        use subtle::ConstantTimeEq;
-        match (&self.admin_token, bearer_token(headers)) {
-            (Some(expected), Ok(t)) => jwt::digest(t).ct_eq(expected).into(),
-            _ => false,
-        }
+        bearer_token(headers).is_ok_and(|t| self.is_admin_token(t))
     }
 
     /// The token's client, if it still exists, is active, was not suspended

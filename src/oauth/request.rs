@@ -5,12 +5,14 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
 use http::{HeaderMap, header};
 use secrecy::SecretString;
 use serde_json::Value;
 
 use super::assertion;
-use crate::error::{OAuthError, OAuthErrorCode};
+use crate::error::{OAuthError, OAuthErrorCode, ProxyError};
+use crate::http::BoxError;
 
 /// Standard base64 that tolerates missing padding (some clients strip it).
 const BASIC_B64: GeneralPurpose = GeneralPurpose::new(
@@ -52,6 +54,27 @@ pub(crate) struct TokenRequest {
 
 pub(crate) fn invalid_request(msg: &str) -> OAuthError {
     OAuthError::new(OAuthErrorCode::InvalidRequest, msg)
+}
+
+/// Buffers an `/oauth/*` body: at most 64 KiB, arriving within `deadline`
+/// (408 `request_timeout` after, and the connection is closed).
+pub(crate) async fn read_body<B>(
+    body: B,
+    deadline: std::time::Duration,
+) -> Result<Bytes, OAuthError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    crate::http::read_body(body, super::MAX_OAUTH_BODY, deadline)
+        .await
+        .map_err(|e| match e {
+            ProxyError::RequestTimeout => OAuthError::new(
+                OAuthErrorCode::RequestTimeout,
+                "request body not received in time",
+            ),
+            _ => invalid_request("request body unreadable or over 64 KiB"),
+        })
 }
 
 /// Parses the body (form or JSON) and the client authentication.

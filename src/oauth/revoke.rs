@@ -5,7 +5,6 @@
 //! outlives its token by the validation leeway, then the sync loop removes it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -19,10 +18,11 @@ use super::jwt::{self, LEEWAY_SECS, Verified};
 use super::request::{self, TokenRequest};
 use super::sync::Changes;
 use super::token::authenticate_client;
-use super::{Authority, MAX_OAUTH_BODY, Tenants};
+use super::{Authority, Tenants};
 use crate::audit::{AuditEvent, AuditKind};
-use crate::error::{OAuthError, OAuthErrorCode};
-use crate::http::{Body, BoxError, json_no_store, read_body};
+use crate::client_addr::Resolved;
+use crate::error::{AuthFailure, OAuthError, OAuthErrorCode};
+use crate::http::{Body, BoxError, json_no_store};
 use crate::store::{Cas, Store, StoreError};
 
 pub(crate) const REVOCATIONS_PREFIX: &str = "_credgate/revocations";
@@ -109,18 +109,18 @@ impl Revocations {
 }
 
 /// Reads the body of a `/oauth/revoke` or `/oauth/introspect` request.
-async fn read<B>(headers: &HeaderMap, body: B) -> Result<TokenRequest, OAuthError>
+async fn read<B>(auth: &Authority, headers: &HeaderMap, body: B) -> Result<TokenRequest, OAuthError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let body = read_body(body, MAX_OAUTH_BODY).await.map_err(|_| {
-        OAuthError::new(
-            OAuthErrorCode::InvalidRequest,
-            "request body unreadable or over 64 KiB",
-        )
-    })?;
+    let body = request::read_body(body, auth.body_timeout).await?;
     request::parse(headers, &body)
+}
+
+/// A client whose `allowedIps` do not admit the caller.
+fn address_refused() -> Response<Body> {
+    OAuthError::new(OAuthErrorCode::AccessDenied, "source address not allowed").into_response()
 }
 
 /// `POST /oauth/revoke`: a client revokes one of its own tokens. Always 200
@@ -128,7 +128,7 @@ where
 pub(crate) async fn revoke<B>(
     auth: &Authority,
     req: Request<B>,
-    peer: SocketAddr,
+    caller: Resolved,
     request_id: &str,
 ) -> Response<Body>
 where
@@ -136,14 +136,17 @@ where
     B::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let request = match read(&parts.headers, body).await {
+    let request = match read(auth, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let client = match authenticate_client(auth, &request.auth, peer.ip()) {
+    let client = match authenticate_client(auth, &request.auth, caller.throttle_key()) {
         Ok(c) => c,
         Err(denied) => return denied.error.into_response(),
     };
+    if !client.allows_ip(caller.addr) {
+        return address_refused();
+    }
     let Some(token) = request.token else {
         return OAuthError::new(OAuthErrorCode::InvalidRequest, "token is required")
             .into_response();
@@ -173,7 +176,7 @@ where
         AuditEvent {
             client_id: Some(&client.client_id),
             actor: Some(&client.client_id),
-            source_ip: Some(peer.ip().to_string()),
+            source_ip: Some(caller.addr.to_string()),
             request_id: Some(request_id),
             jti: Some(&v.jti),
             ..Default::default()
@@ -187,7 +190,7 @@ where
 pub(crate) async fn introspect<B>(
     auth: &Authority,
     req: Request<B>,
-    peer: SocketAddr,
+    caller: Resolved,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
@@ -201,23 +204,41 @@ where
         .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
     let mut caller_ok = false;
     if bearer {
+        // Checked from the headers, before any body is read.
+        let key = caller.throttle_key();
+        if let Some(wait) = auth.admin_auth_blocked(key) {
+            return super::token::slow_down(auth, wait).into_response();
+        }
         let now = jwt::unix_now();
-        caller_ok = auth
-            .authenticate_at(&parts.headers, None, None, now)
-            .is_ok_and(|p| p.has_scope("admin"))
-            || auth.is_bootstrap_admin(&parts.headers);
+        let authn = auth.authenticate_at(&parts.headers, None, None, now);
+        // Only guesses count against the address, not expired real tokens.
+        let guess = matches!(
+            authn,
+            Err(AuthFailure::Malformed | AuthFailure::BadSignature)
+        );
+        let admin = authn.ok().filter(|p| p.has_scope("admin"));
+        if let Some(p) = &admin
+            && !p.client.allows_ip(caller.addr)
+        {
+            return address_refused();
+        }
+        caller_ok = admin.is_some() || auth.is_bootstrap_admin(&parts.headers);
         if !caller_ok {
+            if let Some(wait) = guess.then(|| auth.admin_auth_failed(key)).flatten() {
+                return super::token::slow_down(auth, wait).into_response();
+            }
             return OAuthError::new(OAuthErrorCode::InvalidClient, "admin token required")
                 .into_response();
         }
         parts.headers.remove(header::AUTHORIZATION);
     }
-    let request = match read(&parts.headers, body).await {
+    let request = match read(auth, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     if !caller_ok {
-        match authenticate_client(auth, &request.auth, peer.ip()) {
+        match authenticate_client(auth, &request.auth, caller.throttle_key()) {
+            Ok(c) if !c.allows_ip(caller.addr) => return address_refused(),
             Ok(c) if c.active && c.scopes.iter().any(|s| &**s == "introspect") => {}
             Ok(_) => {
                 return OAuthError::new(OAuthErrorCode::AccessDenied, "scope introspect required")

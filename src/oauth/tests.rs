@@ -368,3 +368,75 @@ mod endpoint_tests;
 
 #[path = "jwt_tests.rs"]
 mod jwt_tests;
+
+#[tokio::test]
+async fn bootstrap_admin_token_is_compared_by_digest() {
+    let (mut a, _) = authority().await;
+    assert!(
+        !a.is_admin_token("anything"),
+        "no token configured: none accepted"
+    );
+    let token = "0123456789abcdef0123456789abcdef";
+    a.set_admin_token(Some(&secrecy::SecretString::from(token)));
+    assert!(a.is_admin_token(token));
+    for wrong in [
+        "",
+        "0123456789abcdef",
+        &format!("{token}0"),
+        &token.to_uppercase(),
+    ] {
+        assert!(!a.is_admin_token(wrong), "{wrong}");
+    }
+}
+
+#[tokio::test]
+async fn the_token_endpoint_throttles_the_forwarded_caller() {
+    // Behind a trusted ingress, one caller's failures must not lock out another.
+    let store = Arc::new(MemStore::new());
+    let a = authority_on(store, "[proxy]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").await;
+    let (c, secret) = client(&a).await;
+    let form = "grant_type=client_credentials";
+    let ct = ("content-type", "application/x-www-form-urlencoded");
+    let wrong = basic(&c.client_id, "wrong");
+    let from = |ip: &'static str| ("x-forwarded-for", ip);
+    // `max_failures_per_address = 5` in the test config.
+    for _ in 0..6 {
+        call(
+            &a,
+            "POST",
+            "/oauth/token",
+            &[ct, ("authorization", &wrong), from("198.51.100.1")],
+            form,
+            "10.0.0.2",
+        )
+        .await;
+    }
+    let blocked = call(
+        &a,
+        "POST",
+        "/oauth/token",
+        &[
+            ct,
+            ("authorization", &basic(&c.client_id, &secret)),
+            from("198.51.100.1"),
+        ],
+        form,
+        "10.0.0.2",
+    )
+    .await;
+    assert_eq!(blocked.0, 429);
+    let other = call(
+        &a,
+        "POST",
+        "/oauth/token",
+        &[
+            ct,
+            ("authorization", &basic(&c.client_id, &secret)),
+            from("198.51.100.2"),
+        ],
+        form,
+        "10.0.0.2",
+    )
+    .await;
+    assert_eq!(other.0, 200, "{:?}", other.2);
+}

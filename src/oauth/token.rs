@@ -4,7 +4,7 @@
 //! one client authentication method → grant type → authenticate (throttled) →
 //! client status and source address → scope → resource (audience) → mint.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,11 +16,12 @@ use time::OffsetDateTime;
 
 use super::assertion;
 use super::jwt::{self, AccessClaims};
-use super::request::{ClientAuth, invalid_request, parse};
-use super::{Authority, Client, MAX_OAUTH_BODY};
+use super::request::{ClientAuth, invalid_request, parse, read_body};
+use super::{Authority, Client};
 use crate::audit::{AuditEvent, AuditKind};
+use crate::client_addr::Resolved;
 use crate::error::{OAuthError, OAuthErrorCode};
-use crate::http::{Body, BoxError, json_no_store, read_body};
+use crate::http::{Body, BoxError, json_no_store};
 
 /// A refused request: the answer plus what the audit log and metrics record.
 pub(crate) struct Denied {
@@ -41,22 +42,21 @@ impl From<OAuthError> for Denied {
 pub(crate) async fn handle<B>(
     auth: &Authority,
     req: Request<B>,
-    peer: SocketAddr,
+    client: Resolved,
     request_id: &str,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let ip = peer.ip();
-    match issue(auth, req, ip, request_id).await {
+    match issue(auth, req, client, request_id).await {
         Ok(resp) => resp,
         Err(denied) => {
             auth.metrics
                 .tokens_issued_total
                 .with_label_values(&["denied"])
                 .inc();
-            let source_ip = Some(ip.to_string());
+            let source_ip = Some(client.addr.to_string());
             auth.audit.record(
                 AuditKind::TokenDenied,
                 AuditEvent {
@@ -75,7 +75,7 @@ where
 async fn issue<B>(
     auth: &Authority,
     req: Request<B>,
-    ip: IpAddr,
+    caller: Resolved,
     request_id: &str,
 ) -> Result<Response<Body>, Denied>
 where
@@ -85,9 +85,9 @@ where
     // The body is read before any refusal: answering a throttled address with
     // its body unread would close a keep-alive connection without a word.
     let (parts, body) = req.into_parts();
-    let body = read_body(body, MAX_OAUTH_BODY)
-        .await
-        .map_err(|_| invalid_request("request body unreadable or over 64 KiB"))?;
+    let body = read_body(body, auth.body_timeout).await?;
+    // Throttled by the caller's resolved address, never by a shared ingress.
+    let ip = caller.throttle_key();
     if let Some(wait) = auth.throttle.address_blocked(ip, Instant::now()) {
         return Err(slow_down(auth, wait).into());
     }
@@ -112,7 +112,7 @@ where
         let e = OAuthError::new(OAuthErrorCode::AccessDenied, "client is suspended");
         return Err(denied(e));
     }
-    if !client.allows_ip(ip) {
+    if !client.allows_ip(caller.addr) {
         let e = OAuthError::new(OAuthErrorCode::AccessDenied, "source address not allowed");
         return Err(denied(e));
     }
@@ -131,7 +131,7 @@ where
         AuditKind::TokenIssued,
         &client,
         &claims,
-        Some(ip),
+        caller.addr.ip(),
         Some(request_id),
         None,
     );
@@ -146,7 +146,7 @@ where
     ))
 }
 
-fn slow_down(auth: &Authority, wait: u64) -> OAuthError {
+pub(crate) fn slow_down(auth: &Authority, wait: u64) -> OAuthError {
     auth.metrics
         .auth_failures_total
         .with_label_values(&["throttled"])

@@ -27,7 +27,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub const ISSUER: &str = "http://127.0.0.1:8080";
-pub const ADMIN_TOKEN: &str = "prop-admin-token-5b1d0f0e";
+pub const ADMIN_TOKEN: &str = "prop-admin-token-5b1d0f0e-9c2a7e4b13d8";
 
 /// Number of generated cases: `PROP_CASES` when set, else `default`.
 pub fn cases(default: u32) -> u32 {
