@@ -131,8 +131,13 @@ async fn forward(
         });
     }
     live.rate_limits
-        .check(&tenant, &principal.client_id)
-        .inspect_err(|_| state.metrics.rate_limited_total.inc())?;
+        .acquire(&tenant, &principal.client_id)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ProxyError::RateLimited { .. }) {
+                state.metrics.rate_limited_total.inc();
+            }
+        })?;
 
     let limit = state.config.proxy.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|n| n > limit) {
