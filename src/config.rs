@@ -513,10 +513,12 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         config.apply_vault_env(vault_env)?;
-        // The standard variables fill in what the file leaves unset.
+        // The standard variables fill in what the file leaves unset; empty
+        // counts as unset (as OpenTelemetry's own variables do).
         let (redis, tracing) = (&mut config.rate_limit.redis, &mut config.tracing);
-        redis.url = redis.url.take().or(redis_url.map(Into::into));
-        tracing.otlp_endpoint = tracing.otlp_endpoint.take().or(otlp_endpoint);
+        let set = |v: &String| !v.is_empty();
+        redis.url = redis.url.take().or(redis_url.filter(set).map(Into::into));
+        tracing.otlp_endpoint = tracing.otlp_endpoint.take().or(otlp_endpoint.filter(set));
         config.validate()?;
         Ok(config)
     }

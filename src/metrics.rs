@@ -156,6 +156,9 @@ impl Metrics {
             self.credential_cache_requests_total
                 .with_label_values(&[result]);
         }
+        for reason in ["queue_full", "export_failed"] {
+            self.trace_spans_dropped_total.with_label_values(&[reason]);
+        }
     }
 
     /// The text exposition format.
