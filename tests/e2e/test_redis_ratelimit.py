@@ -303,3 +303,40 @@ def test_redis_config_is_validated_and_its_password_redacted(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert "hunter2-secret" not in r.stdout + r.stderr
     assert 'url = "redis://:REDACTED@h:6379/0"' in r.stdout, r.stdout
+
+
+def test_client_limit_is_global_too(tmp_path: Path, echo: EchoUpstream, redis: Redis) -> None:
+    """`rate_limit.clients.<id>` draws on a shared bucket as well: two replicas together let
+    a limited client through at its burst, not twice it; the tenant's bucket is untouched
+    by the refused requests (all-or-nothing)."""
+    tenant = unique("cli")
+    routes = [route("echo", "/echo", echo.url)]
+    a = Credgate(tmp_path / "a", routes, _sections(redis.url, {tenant: (1, 100)}))
+    gates = [a]
+    try:
+        a.start()
+        a.put_bearer(tenant, "echo", "cred")
+        client = a.create_client(tenant=tenant, integrations=ECHO_INTEGRATIONS)
+        token = a.token(client)
+        # the client's own limit needs its id, known only now: restart A with it
+        a.extra_sections[f"rate_limit.clients.{client.client_id}"] = {"per_second": 1, "burst": 4}
+        a.restart()
+        b = Credgate(tmp_path / "b", routes, a.extra_sections, replica_of=a)
+        b.start()
+        gates.append(b)
+        statuses = []
+        with httpx.Client(timeout=5, trust_env=False) as c:
+            for i in range(12):
+                g = gates[i % 2]
+                statuses.append(c.get(f"{g.url}/echo/c", headers={"Authorization": f"Bearer {token}"}).status_code)
+        assert set(statuses) <= {200, 429}, statuses
+        assert 4 <= statuses.count(200) <= 5, f"client burst 4 across two replicas: {statuses}"
+        assert redis.cli("EXISTS", f"{PREFIX}c:{client.client_id}") == "1"
+        # the tenant bucket (burst 100, 1/s) lost only the admitted requests
+        tat = int(redis.cli("GET", f"{PREFIX}t:{tenant}"))
+        now_s, now_us = redis.cli("TIME").split()
+        ahead = tat - (int(now_s) * 1_000_000 + int(now_us))
+        assert ahead <= statuses.count(200) * 1_000_000, "refused requests took tenant tokens"
+    finally:
+        for g in reversed(gates):
+            g.stop()
