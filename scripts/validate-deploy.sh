@@ -9,8 +9,10 @@
 #   2. kubernetes-validate --strict -k 1.30 k8s/*.yaml — PodMonitor and Kustomization
 #      have no schema there (CRD / kustomize kinds): any other "no schema" warning
 #      fails; the PodMonitor gets a structural check (deploy/tools/deploy_checks.py);
-#      with kubectl on PATH the kustomize output is rendered and validated too;
-#   3. docker-compose -f docker-compose.vault.yml config -q (with placeholder secrets);
+#      with kubectl on PATH the kustomize output is rendered and validated too, and
+#      so is deploy/k8s-scale (k8s/ with the optional components/scale: Valkey, OTLP);
+#   3. docker-compose -f docker-compose.vault.yml config -q (with placeholder secrets),
+#      also with --profile scale (Valkey, Jaeger);
 #   4. hadolint on both Dockerfiles;
 #   5. shellcheck on scripts/*.sh and vault/scripts/*.sh;
 #   6. Prometheus rules: promtool check rules + promtool test rules when promtool is
@@ -54,6 +56,9 @@ if [[ -n "$unexpected" ]]; then
 fi
 "${checks[@]}" podmonitor k8s/podmonitor.yaml k8s/deployment.yaml
 
+step "kubernetes-validate --strict -k $K8S_VERSION k8s/components/scale/valkey.yaml"
+kubernetes-validate --strict -k "$K8S_VERSION" k8s/components/scale/valkey.yaml
+
 if command -v kubectl >/dev/null; then
   step "kubectl kustomize k8s/ | kubernetes-validate --strict"
   rendered="$(mktemp --suffix=.yaml)"
@@ -62,6 +67,14 @@ if command -v kubectl >/dev/null; then
   # Kinds without a schema were vetted file by file above.
   kubernetes-validate --strict --quiet --no-warn -k "$K8S_VERSION" "$rendered"
   echo "kustomize output: $(grep -c '^kind:' "$rendered") resources valid"
+  step "kubectl kustomize deploy/k8s-scale (k8s/ + components/scale) | kubernetes-validate --strict"
+  kubectl kustomize deploy/k8s-scale >"$rendered"
+  kubernetes-validate --strict --quiet --no-warn -k "$K8S_VERSION" "$rendered"
+  grep -q 'name: REDIS_URL' "$rendered" || {
+    echo "error: the scale component did not reach the credgate container" >&2
+    exit 1
+  }
+  echo "scale overlay: $(grep -c '^kind:' "$rendered") resources valid"
 else
   echo "(kubectl not on PATH: kustomize rendering not checked)"
 fi
@@ -77,7 +90,10 @@ done
 # Placeholders only so interpolation succeeds; the real values come from the user.
 VAULT_DEV_ROOT_TOKEN=validate-only CREDGATE_ADMIN_TOKEN=validate-only \
   docker-compose -f docker-compose.vault.yml config -q
-echo "compose file valid"
+VAULT_DEV_ROOT_TOKEN=validate-only CREDGATE_ADMIN_TOKEN=validate-only \
+  CREDGATE_RATE_LIMIT_BACKEND=redis OTEL_EXPORTER_OTLP_ENDPOINT=http://jaeger:4318 \
+  docker-compose -f docker-compose.vault.yml --profile scale config -q
+echo "compose file valid (with and without --profile scale)"
 
 step "hadolint"
 hadolint Dockerfile deploy/mcp-everything/Dockerfile

@@ -54,6 +54,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub shutdown: ShutdownConfig,
+    pub tracing: crate::telemetry::TracingConfig,
     pub integrations: BTreeMap<String, IntegrationConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -296,6 +297,19 @@ pub struct RateLimitConfig {
     pub default: RateLimit,
     pub tenants: BTreeMap<String, RateLimit>,
     pub clients: BTreeMap<String, RateLimit>,
+    /// Where the buckets live (docs/scaling.md).
+    pub backend: RateLimitBackend,
+    pub redis: crate::ratelimit::shared::RedisConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// Each replica limits alone.
+    #[default]
+    Local,
+    /// Redis or Valkey, shared by every replica.
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -490,6 +504,7 @@ impl Config {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut vault_env = Vec::new();
+        let (mut redis_url, mut otlp_endpoint) = (None, None);
         for (key, value) in env {
             if let Some(rest) = key.strip_prefix("CREDGATE_") {
                 if rest.contains("__") {
@@ -499,12 +514,22 @@ impl Config {
                 }
             } else if key.starts_with("VAULT_") {
                 vault_env.push((key, value));
+            } else if key == "REDIS_URL" {
+                redis_url = Some(value);
+            } else if key == "OTEL_EXPORTER_OTLP_ENDPOINT" {
+                otlp_endpoint = Some(value);
             }
         }
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
         config.apply_vault_env(vault_env)?;
+        // The standard variables fill in what the file leaves unset; empty
+        // counts as unset (as OpenTelemetry's own variables do).
+        let (redis, tracing) = (&mut config.rate_limit.redis, &mut config.tracing);
+        let set = |v: &String| !v.is_empty();
+        redis.url = redis.url.take().or(redis_url.filter(set).map(Into::into));
+        tracing.otlp_endpoint = tracing.otlp_endpoint.take().or(otlp_endpoint.filter(set));
         config.validate()?;
         Ok(config)
     }
@@ -586,6 +611,13 @@ impl Config {
                 return invalid("rate limits need per_second and burst of at least 1".into());
             }
         }
+        if self.rate_limit.backend == RateLimitBackend::Redis {
+            self.rate_limit
+                .redis
+                .validate()
+                .map_err(ConfigError::Invalid)?;
+        }
+        self.tracing.validate().map_err(ConfigError::Invalid)?;
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");

@@ -393,11 +393,13 @@ impl Credentials {
         match self.cache.get(&key).await {
             Some(c) if c.loaded_at.elapsed() < self.max_age && c.usable(now) => {
                 self.hit.inc();
+                crate::telemetry::attribute("credgate.credential.source", "cache");
                 return Ok(c);
             }
             Some(_) => self.stale.inc(),
             None => self.miss.inc(),
         }
+        crate::telemetry::attribute("credgate.credential.source", "store");
         // Boxed: the hit path's future stays small (it is moved with every
         // proxied request), the reload's is large.
         Box::pin(self.reload(key, tenant, integration, now)).await
@@ -487,8 +489,10 @@ impl Credentials {
         if c.refresh_token.is_none() {
             return Err(Failure::Refresh(RefreshError::Reauthorization));
         }
-        self.refresher
-            .refresh(tenant, integration, Some(s.version), Trigger::Expired)
+        let refresh =
+            self.refresher
+                .refresh(tenant, integration, Some(s.version), Trigger::Expired);
+        crate::telemetry::in_span("credential refresh", refresh)
             .await
             .map(Some)
             .map_err(Failure::Refresh)
@@ -527,8 +531,8 @@ impl Credentials {
                         return Ok(Op::Nop);
                     }
                 }
-                let s = refresher
-                    .refresh(tenant, integration, seen, trigger)
+                let refresh = refresher.refresh(tenant, integration, seen, trigger);
+                let s = crate::telemetry::in_span("credential refresh", refresh)
                     .await
                     .map_err(ProxyError::from)?;
                 Ok::<_, ProxyError>(Op::Put(Arc::new(

@@ -92,6 +92,10 @@ pub enum ProxyError {
         reset_after_secs: u64,
         reset_at: String,
     },
+    /// The shared rate-limit backend cannot answer and
+    /// `rate_limit.redis.on_error = "deny"`.
+    #[error("rate limit backend unavailable")]
+    RateLimitUnavailable { retry_after_secs: u64 },
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("upstream unavailable")]
@@ -140,6 +144,9 @@ impl ProxyError {
             }
             ProxyError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "REQUEST_TIMEOUT"),
             ProxyError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ProxyError::RateLimitUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "RATE_LIMIT_UNAVAILABLE")
+            }
             ProxyError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "UPSTREAM_UNAVAILABLE"),
             ProxyError::StoreUnavailable { .. } => {
@@ -177,6 +184,7 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "Request body too large".into(),
             ProxyError::RequestTimeout => "Request body not received in time".into(),
             ProxyError::RateLimited { .. } => "Too many requests".into(),
+            ProxyError::RateLimitUnavailable { .. } => "Rate limit service unavailable".into(),
             ProxyError::UpstreamUnavailable => "Upstream unavailable".into(),
             ProxyError::StoreUnavailable { .. } => "Credential store unavailable".into(),
             ProxyError::UpstreamTimeout => "Upstream timed out".into(),
@@ -246,7 +254,8 @@ impl ProxyError {
                 insert_named(h, "ratelimit-reset", &secs);
             }
             ProxyError::CredentialRefreshFailed { retry_after_secs }
-            | ProxyError::StoreUnavailable { retry_after_secs } => {
+            | ProxyError::StoreUnavailable { retry_after_secs }
+            | ProxyError::RateLimitUnavailable { retry_after_secs } => {
                 insert(
                     h,
                     header::RETRY_AFTER,

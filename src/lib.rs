@@ -27,6 +27,7 @@
 //! - [`admin`]: the admin API.
 //! - [`tls`]: rustls server (reloading certificates) and client configs.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`telemetry`]: OpenTelemetry traces over OTLP/HTTP.
 //! - [`state`]: `AppState`, built once and passed explicitly.
 
 pub mod admin;
@@ -49,5 +50,6 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

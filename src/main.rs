@@ -182,6 +182,8 @@ async fn serve(
             .await
             .context("starting credgate")?,
     );
+    let telemetry = credgate::telemetry::init(&state.config.tracing, &state.metrics)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let listeners = Listeners::bind(&state.config)
         .await
         .context("binding listeners")?;
@@ -216,6 +218,9 @@ async fn serve(
         let _ = stop_tx.send(true);
     });
     server::serve(state, listeners, stop_rx).await?;
+    if let Some(t) = telemetry {
+        t.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

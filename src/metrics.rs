@@ -36,6 +36,10 @@ pub struct Metrics {
     pub mcp_requests_total: IntCounterVec,
     /// `backend`, `op`.
     pub store_request_duration_seconds: HistogramVec,
+    /// Rate-limit checks the shared backend could not answer (docs/scaling.md).
+    pub rate_limit_backend_errors_total: IntCounter,
+    /// `reason`: `queue_full`, `export_failed` (docs/scaling.md).
+    pub trace_spans_dropped_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,7 +71,21 @@ impl Metrics {
         registry
             .register(Box::new(rate_limited_total.clone()))
             .expect("unique metric");
+        let rate_limit_backend_errors_total = IntCounter::new(
+            "credgate_rate_limit_backend_errors_total",
+            "Rate-limit checks the shared backend could not answer",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(rate_limit_backend_errors_total.clone()))
+            .expect("unique metric");
         Metrics {
+            rate_limit_backend_errors_total,
+            trace_spans_dropped_total: counter(
+                "credgate_trace_spans_dropped_total",
+                "Trace spans not exported: export queue full, or export failed",
+                &["reason"],
+            ),
             http_requests_total: counter(
                 "credgate_http_requests_total",
                 "HTTP requests answered, by route and status",
@@ -144,6 +162,9 @@ impl Metrics {
         for result in ["hit", "miss", "stale"] {
             self.credential_cache_requests_total
                 .with_label_values(&[result]);
+        }
+        for reason in ["queue_full", "export_failed"] {
+            self.trace_spans_dropped_total.with_label_values(&[reason]);
         }
     }
 

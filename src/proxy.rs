@@ -20,6 +20,7 @@ use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
 use crate::server::ConnInfo;
 use crate::state::{AppState, Live};
+use crate::telemetry;
 use crate::upstream::{self, Forward, X_TENANT_ID};
 
 /// Marker error: the streamed request body passed `max_body_bytes`.
@@ -57,7 +58,15 @@ pub async fn handle(
     };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = match forward(state, &live, route, parts, &mut body, conn, request_id).await {
+    let prefix = route.path_prefix.as_deref().unwrap_or("/");
+    let trace = telemetry::server_span(&parts, prefix, &route.integration, request_id);
+    let fwd = forward(state, &live, route, parts, &mut body, conn, request_id);
+    let result = match &trace {
+        None => fwd.await,
+        Some(cx) => telemetry::within(cx, fwd).await,
+    };
+    telemetry::end(trace, &result);
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             let drained = match body {
@@ -111,13 +120,16 @@ async fn forward(
             "dot segments (`.`, `..`) are not allowed in the path",
         ));
     }
-    let principal = state.authority.authenticate(
-        &parts.headers,
-        parts.uri.query(),
-        Some(&route.resource),
-        &route.resource_metadata,
-    )?;
+    let principal = telemetry::in_sync_span("authenticate", || {
+        state.authority.authenticate(
+            &parts.headers,
+            parts.uri.query(),
+            Some(&route.resource),
+            &route.resource_metadata,
+        )
+    })?;
     let tenant = resolve_tenant(&principal, &parts.headers)?;
+    telemetry::record_principal(&tenant, &principal.client_id);
     authorize(&principal, route)?;
     let caller = state
         .authority
@@ -129,15 +141,24 @@ async fn forward(
         });
     }
     live.rate_limits
-        .check(&tenant, &principal.client_id)
-        .inspect_err(|_| state.metrics.rate_limited_total.inc())?;
+        .acquire(&tenant, &principal.client_id)
+        .await
+        .inspect_err(|e| {
+            if matches!(e, ProxyError::RateLimited { .. }) {
+                state.metrics.rate_limited_total.inc();
+            }
+        })?;
 
     let limit = state.config.proxy.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
 
-    let credential = state.credentials.get(&tenant, &route.integration).await?;
+    let credential = telemetry::in_span(
+        "credential lookup",
+        state.credentials.get(&tenant, &route.integration),
+    )
+    .await?;
     let mut parts = upstream::upstream_parts(
         parts,
         &Forward {
@@ -267,10 +288,12 @@ fn inject<'a>(live: &'a Live, route: &Route, c: &Cached) -> (&'a HeaderName, Hea
 async fn send(
     state: &AppState,
     route: &Route,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
+    let span = telemetry::upstream_span(req.headers_mut());
     let resp = state.upstream.send(&route.upstream, req).await;
+    telemetry::end(span, &resp);
     state
         .metrics
         .upstream_request_duration_seconds

@@ -1,10 +1,16 @@
-//! Per-tenant (and optional per-client) token buckets (SPEC §9), checked after
+//! Per-tenant (and optional per-client) token buckets, checked after
 //! authentication and before the store is touched.
 //!
 //! Tenants without an override share one keyed limiter whose idle entries are
 //! evicted by [`RateLimits::evict_idle`], so memory follows active tenants.
 //! Tenants and clients with configured limits get their own limiter each
 //! (bounded by the config).
+//!
+//! With `rate_limit.backend = "redis"` the buckets live in Redis or Valkey,
+//! shared by every replica ([`shared`], docs/scaling.md); the in-process
+//! buckets are then only the fallback while the backend cannot answer.
+
+pub mod shared;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,11 +22,13 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use prometheus::IntCounter;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::{RateLimit, RateLimitConfig};
+use crate::config::{RateLimit, RateLimitBackend, RateLimitConfig};
 use crate::error::ProxyError;
+use shared::{OnError, Shared, Verdict};
 
 type Keyed<C> =
     RateLimiter<Arc<str>, DashMapStateStore<Arc<str>>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -39,11 +47,24 @@ pub struct RateLimits<C: Clock + Clone = DefaultClock> {
     tenants: Keyed<C>,
     tenant_overrides: HashMap<Box<str>, (Direct<C>, RateLimit)>,
     clients: HashMap<Box<str>, (Direct<C>, RateLimit)>,
+    /// Set with `backend = "redis"`.
+    shared: Option<Shared>,
 }
 
 impl RateLimits<DefaultClock> {
+    /// In-process buckets only, whatever `backend` says.
     pub fn new(config: &RateLimitConfig) -> Self {
         Self::with_clock(config, DefaultClock::default())
+    }
+
+    /// The configured backend; `errors` counts checks the shared backend
+    /// could not answer. Needs a Tokio runtime for the Redis client.
+    pub fn with_backend(config: &RateLimitConfig, errors: IntCounter) -> Result<Self, String> {
+        let mut limits = Self::new(config);
+        if config.backend == RateLimitBackend::Redis {
+            limits.shared = Some(Shared::new(&config.redis, errors)?);
+        }
+        Ok(limits)
     }
 }
 
@@ -64,6 +85,49 @@ impl<C: Clock + Clone> RateLimits<C> {
                 .map(|(c, l)| (c.as_str().into(), direct(l)))
                 .collect(),
             clock,
+            shared: None,
+        }
+    }
+
+    /// Takes one token for the tenant (and the client, if it has a limit),
+    /// from the shared backend when there is one.
+    pub async fn acquire(&self, tenant: &Arc<str>, client_id: &str) -> Result<(), ProxyError> {
+        match &self.shared {
+            None => self.check(tenant, client_id),
+            // Boxed: only this mode pays for the round trip's future.
+            Some(shared) => Box::pin(self.acquire_shared(shared, tenant, client_id)).await,
+        }
+    }
+
+    async fn acquire_shared(
+        &self,
+        shared: &Shared,
+        tenant: &Arc<str>,
+        client_id: &str,
+    ) -> Result<(), ProxyError> {
+        let tenant_limit = self
+            .tenant_overrides
+            .get(&**tenant)
+            .map_or(&self.default, |(_, l)| l);
+        let client_limit = self.clients.get(client_id).map(|(_, l)| l);
+        let verdict = shared
+            .check((tenant, tenant_limit), client_limit.map(|l| (client_id, l)))
+            .await;
+        match verdict {
+            Some(Verdict::Allowed) => Ok(()),
+            Some(Verdict::Refused { index, wait }) => {
+                let limit = match (index, client_limit) {
+                    (1, Some(l)) => l,
+                    _ => tenant_limit,
+                };
+                Err(self.refused(limit, wait))
+            }
+            None => match shared.on_error {
+                OnError::Local => self.check(tenant, client_id),
+                OnError::Deny => Err(ProxyError::RateLimitUnavailable {
+                    retry_after_secs: shared::COOL_DOWN.as_secs().max(1),
+                }),
+            },
         }
     }
 
@@ -134,6 +198,7 @@ mod tests {
                     burst: 1,
                 },
             )]),
+            ..Default::default()
         }
     }
 

@@ -31,19 +31,22 @@ pub struct Live {
 }
 
 impl Live {
-    fn new(config: &Config, previous: Option<&Live>) -> Self {
+    fn new(config: &Config, previous: Option<&Live>, metrics: &Metrics) -> Result<Self, String> {
         let routes = Routes::from_config(config);
         // Unchanged limits keep their buckets: a reload is no free burst.
         let rate_limits = match previous {
             Some(p) if p.rate_limit_config == config.rate_limit => p.rate_limits.clone(),
-            _ => Arc::new(RateLimits::new(&config.rate_limit)),
+            _ => Arc::new(RateLimits::with_backend(
+                &config.rate_limit,
+                metrics.rate_limit_backend_errors_total.clone(),
+            )?),
         };
-        Live {
+        Ok(Live {
             inject_headers: crate::proxy::inject_headers(&routes),
             routes,
             rate_limit_config: config.rate_limit.clone(),
             rate_limits,
-        }
+        })
     }
 
     /// The header a route injects its credential into.
@@ -129,7 +132,9 @@ impl AppState {
             &metrics,
         ));
         Ok(AppState {
-            live: ArcSwap::from_pointee(Live::new(&config, None)),
+            live: ArcSwap::from_pointee(
+                Live::new(&config, None, &metrics).map_err(StartError::Config)?,
+            ),
             upstream: upstream::Client::new(&config.proxy, tls_client.clone()),
             config: Arc::new(config),
             store,
@@ -145,9 +150,9 @@ impl AppState {
     /// open streams keep what they started with. Returns the changed settings
     /// that need a restart (they are not applied).
     pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, String> {
+        let live = Live::new(new, Some(&self.live.load()), &self.metrics)?;
         self.credentials.refresher().reload_providers(new)?;
-        let old = self.live.load();
-        self.live.store(Arc::new(Live::new(new, Some(&old))));
+        self.live.store(Arc::new(live));
         self.authority.reload_routes(new);
         let c = &self.config;
         let mut restart = Vec::new();

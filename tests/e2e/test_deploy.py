@@ -169,3 +169,27 @@ def test_deploy_configs_pass_check_config(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "0.0.0.0:8080" in r.stdout and "0.0.0.0:9090" in r.stdout, r.stdout
+
+
+def test_optional_scale_pieces_pass_check_config(tmp_path: Path) -> None:
+    """The k8s scale component (k8s/components/scale) and the compose file's optional
+    variables configure credgate as docs/scaling.md says: shared limits, OTLP endpoint."""
+    patch = yaml.safe_load((REPO / "k8s" / "components" / "scale" / "credgate-env.yaml").read_text())
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    cm = yaml.safe_load((REPO / "k8s" / "configmap.yaml").read_text())
+    path = tmp_path / "k8s-scale.toml"
+    path.write_text(cm["data"]["credgate.toml"])
+    r = subprocess.run([str(CREDGATE_BIN), "check-config", "--config", str(path)], capture_output=True, text=True,
+                       timeout=30, env={"PATH": "/usr/bin:/bin", **env})
+    assert r.returncode == 0, r.stderr
+    assert 'backend = "redis"' in r.stdout and f'url = "{env["REDIS_URL"]}"' in r.stdout, r.stdout
+    assert f'otlp_endpoint = "{env["OTEL_EXPORTER_OTLP_ENDPOINT"]}"' in r.stdout, r.stdout
+    # compose: with the optional variables unset, the service gets an empty endpoint and the
+    # local backend: both stay off.
+    compose = (REPO / "deploy" / "compose" / "credgate.toml")
+    r = subprocess.run([str(CREDGATE_BIN), "check-config", "--config", str(compose)], capture_output=True, text=True,
+                       timeout=30, env={"PATH": "/usr/bin:/bin", "CREDGATE_RATE_LIMIT__BACKEND": "local",
+                                        "REDIS_URL": "redis://valkey:6379", "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+    assert r.returncode == 0, r.stderr
+    assert 'backend = "local"' in r.stdout and "otlp_endpoint" not in r.stdout, r.stdout
