@@ -149,7 +149,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(m) | ProxyError::Conflict(m) => m.clone(),
             ProxyError::Unauthorized { reason, .. } => match reason {
-                AuthFailure::Missing => "Authentication required".into(),
+                AuthFailure::Missing => {
+                    "Authentication required: send `Authorization: Bearer <token>`".into()
+                }
                 AuthFailure::QueryToken => "Tokens are not accepted in the query string".into(),
                 AuthFailure::Expired => "Token expired".into(),
                 AuthFailure::Revoked => "Token revoked".into(),

@@ -1,10 +1,11 @@
-//! Prometheus metric families (SPEC §10), registered once at start-up.
+//! Prometheus metric families (docs/metrics.md), registered once at start-up.
 //!
 //! Labels are bounded: route names come from config, results and reasons
 //! from fixed enums. Tenants appear only with `metrics.tenant_label = true`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets for request latencies: sub-millisecond up to a minute (streams).
@@ -64,6 +65,20 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(rate_limited_total.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "credgate_build_info",
+                "Always 1; the running version in `version`",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
             .expect("unique metric");
         Metrics {
             http_requests_total: counter(
@@ -170,5 +185,10 @@ mod tests {
         assert!(text.contains(r#"credgate_http_requests_total{route="github",status="200"} 1"#));
         assert!(text.contains(r#"credgate_tokens_issued_total{result="issued"} 1"#));
         assert!(text.contains("credgate_rate_limited_total 1"));
+        let build = format!(
+            "credgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
     }
 }

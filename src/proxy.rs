@@ -1,4 +1,4 @@
-//! The proxied request, top to bottom (SPEC §3):
+//! The proxied request, top to bottom (docs/http-api.md, "Proxied requests"):
 //! route → authenticate → tenant → authorize → rate limit → credential →
 //! inject → forward.
 
@@ -118,6 +118,9 @@ async fn forward(
         &route.resource_metadata,
     )?;
     let tenant = resolve_tenant(&principal, &parts.headers)?;
+    tracing::Span::current()
+        .record("client_id", &*principal.client_id)
+        .record("tenant", &*tenant);
     authorize(&principal, route)?;
     let client_ip = client_ip(
         conn.peer.ip(),

@@ -161,6 +161,7 @@ impl AppState {
 
     /// Records the request metrics for a finished request.
     pub fn finish(&self, route: &str, started: Instant, resp: Response<Body>) -> Response<Body> {
+        tracing::Span::current().record("route", route);
         let m = &self.metrics;
         m.http_requests_total
             .with_label_values(&[route, resp.status().as_str()])
