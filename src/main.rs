@@ -314,14 +314,14 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         .ok()
         .filter(|t| !t.is_empty())
         .map(SecretString::from);
-    let store_location = match config.store.backend {
-        StoreBackend::Embedded => config.store.path.display().to_string(),
-        StoreBackend::Vault => config.store.vault.address.clone(),
+    let (backend, store_location) = match config.store.backend {
+        StoreBackend::Embedded => ("embedded", config.store.path.display().to_string()),
+        StoreBackend::Vault => ("vault", config.store.vault.address.clone()),
     };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %config_path.display(),
-        store = ?config.store.backend,
+        store = backend,
         store_location = %store_location,
         "credgate starting"
     );

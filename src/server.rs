@@ -290,7 +290,7 @@ async fn handle_proxy(state: &AppState, req: Request<Incoming>, conn: ConnInfo) 
         tracing::info!(
             target: "credgate::access",
             status = resp.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
             "request"
         )
     });
