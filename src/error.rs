@@ -1,4 +1,4 @@
-//! The errors callers see, and the one place they become HTTP (SPEC §4).
+//! The errors callers see, and the one place they become HTTP (docs/errors.md).
 //!
 //! Every variant's status is chosen in [`ProxyError::status_and_code`], an
 //! exhaustive match: a new variant does not compile until it has a status.
@@ -112,7 +112,7 @@ impl ProxyError {
         }
     }
 
-    /// The one mapping from error to status and SPEC code.
+    /// The one mapping from error to status and code (docs/errors.md).
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
@@ -198,7 +198,7 @@ impl ProxyError {
         }
     }
 
-    /// Renders the SPEC §4 body and the headers that go with it.
+    /// Renders the docs/errors.md body and the headers that go with it.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let mut error = json!({ "code": code, "message": self.message() });

@@ -275,7 +275,7 @@ fn declared_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The tenant a request acts for (SPEC §3 step 2).
+/// The tenant a request acts for (docs/http-api.md, "Proxied requests" step 3).
 fn resolve_tenant(p: &Principal, headers: &http::HeaderMap) -> Result<Arc<str>, ProxyError> {
     let named = match headers.get(&X_TENANT_ID) {
         None => None,
@@ -305,7 +305,7 @@ fn tenant_forbidden() -> ProxyError {
     ProxyError::forbidden("Tenant not allowed for this client")
 }
 
-/// Scopes and allowed integrations (SPEC §3 step 3).
+/// Scopes and allowed integrations (docs/http-api.md, "Proxied requests" step 4).
 fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
     if let Some(missing) = route.required_scopes.iter().find(|s| !p.has_scope(s)) {
         tracing::debug!(scope = %missing, "insufficient scope");

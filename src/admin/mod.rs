@@ -1,4 +1,4 @@
-//! The admin API (SPEC §6): authentication, path checks and dispatch.
+//! The admin API (docs/http-api.md, "Admin API"): authentication, path checks and dispatch.
 //! `clients` owns the OAuth client handlers, `credentials` the upstream ones.
 
 pub mod clients;
