@@ -145,13 +145,48 @@ impl Metrics {
         for result in ["issued", "denied"] {
             self.tokens_issued_total.with_label_values(&[result]);
         }
-        for reason in crate::error::AuthFailure::ALL {
-            self.auth_failures_total
-                .with_label_values(&[reason.as_str()]);
+        let client_auth = ["invalid_client", "throttled"];
+        for reason in crate::error::AuthFailure::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(client_auth)
+        {
+            self.auth_failures_total.with_label_values(&[reason]);
         }
         for result in ["hit", "miss", "stale"] {
             self.credential_cache_requests_total
                 .with_label_values(&[result]);
+        }
+    }
+
+    /// Refresh outcomes of the integrations known at start-up (bounded: the
+    /// triggers and results are fixed lists, see docs/metrics.md).
+    pub fn preregister_refresh<'a>(&self, integrations: impl IntoIterator<Item = &'a str>) {
+        for integration in integrations {
+            for trigger in ["upstream_401", "expired", "scheduled", "admin"] {
+                for result in ["success", "error", "reauthorization_required"] {
+                    self.credential_refresh_total.with_label_values(&[
+                        integration,
+                        trigger,
+                        result,
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Store operations of the configured backend.
+    pub fn preregister_store(&self, backend: &str) {
+        let ops = [
+            "read", "write", "delete", "list", "encrypt", "decrypt", "health", "rewrap",
+        ];
+        for op in ops {
+            self.store_request_duration_seconds
+                .with_label_values(&[backend, op]);
+            for result in ["ok", "conflict", "unavailable", "error"] {
+                self.store_requests_total
+                    .with_label_values(&[backend, op, result]);
+            }
         }
     }
 
@@ -190,5 +225,22 @@ mod tests {
             env!("CARGO_PKG_VERSION")
         );
         assert!(text.contains(&build), "{text}");
+    }
+
+    #[test]
+    fn bounded_label_values_exist_before_first_use() {
+        let m = Metrics::new();
+        m.preregister(["github"]);
+        m.preregister_refresh(["github"]);
+        m.preregister_store("embedded");
+        let text = String::from_utf8(m.render()).unwrap();
+        for want in [
+            r#"credgate_credential_refresh_total{integration="github",result="success",trigger="scheduled"} 0"#,
+            r#"credgate_store_requests_total{backend="embedded",op="write",result="conflict"} 0"#,
+            r#"credgate_auth_failures_total{reason="throttled"} 0"#,
+            r#"credgate_tokens_issued_total{result="denied"} 0"#,
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
     }
 }

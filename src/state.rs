@@ -93,6 +93,14 @@ impl AppState {
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
+        metrics.preregister_refresh(
+            config
+                .routes
+                .iter()
+                .map(|r| r.integration.as_str())
+                .chain(config.integrations.keys().map(String::as_str)),
+        );
+        metrics.preregister_store(store.backend());
         let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
         let audit = Arc::new(Audit::open(&config.audit.path)?);
         let authority =
