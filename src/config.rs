@@ -516,8 +516,25 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        // The file alone first, so that its own mistakes are reported as the file's.
-        deserialize(table.clone())?;
+        // The file alone first, so that its own mistakes are reported as the file's
+        // (with the line, from the text).
+        if let Err(e) = deserialize(table.clone()) {
+            return Err(match toml::from_str::<Config>(text) {
+                Err(spanned) => {
+                    let ConfigError::Parse(short) = e else {
+                        return Err(e);
+                    };
+                    let route = short.split(':').next().filter(|p| p.starts_with("routes["));
+                    let hint = short.find(" (a listen address").map_or("", |i| &short[i..]);
+                    let spanned = spanned.to_string();
+                    ConfigError::Parse(match route {
+                        Some(r) => format!("{r}: {}{hint}", spanned.trim_end()),
+                        None => format!("{}{hint}", spanned.trim_end()),
+                    })
+                }
+                Ok(_) => e,
+            });
+        }
         let (mut overrides, mut vault_env) = (Vec::new(), Vec::new());
         for (key, value) in env {
             if key.starts_with("CREDGATE_") {
