@@ -47,6 +47,7 @@ async fn dispatch(
     let (parts, body) = req.into_parts();
     let body = read_body(body, MAX_ADMIN_BODY).await?;
     let actor = authenticate(state, &parts, peer, rid)?;
+    tracing::Span::current().record("client_id", actor.as_str()); // the access log's
     let path = parts.uri.path();
     // Identifiers never contain `%`; refusing it outright closes `%2e%2e`,
     // `%2F` and `%00` tricks before any segment is looked at.

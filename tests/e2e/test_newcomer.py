@@ -122,9 +122,17 @@ def test_access_log_line_per_request_without_secrets(make_gate, rmcp) -> None:
         assert want in line_ok, f"{want!r} missing: {line_ok}"
     line_denied = next((ln for ln in lines if rid_denied in ln), None)
     assert line_denied and "status=401" in line_denied, lines[-5:]
+    admin = gate.admin("GET", "/api/admin/oauth/clients")
+    line_admin = next((ln for ln in lines_now(gate) if admin.headers["x-request-id"] in ln), "")
+    assert 'route="admin"' in line_admin and "admin-token" in line_admin and "status=200" in line_admin, line_admin
     logs = gate.logs()
     for secret in (token, rmcp.token, client.client_secret, gate.admin_token, "not-a-token"):
         assert secret not in logs, "a secret reached the log"
+
+
+def lines_now(gate: Credgate) -> list[str]:
+    time.sleep(0.3)
+    return [ln for ln in gate.logs().splitlines() if "credgate::access" in ln]
 
 
 # ----- start-up ----------------------------------------------------------------------------
