@@ -276,7 +276,7 @@ async fn handle_proxy(state: &AppState, req: Request<Incoming>, conn: ConnInfo) 
     // formatted when the span and the event are disabled.
     let span = tracing::info_span!(
         "request",
-        request_id = ?rid,
+        request_id = rid.to_str().unwrap_or_default(),
         method = %req.method(),
         path = %req.uri().path(),
         route = tracing::field::Empty,
@@ -290,7 +290,7 @@ async fn handle_proxy(state: &AppState, req: Request<Incoming>, conn: ConnInfo) 
         tracing::info!(
             target: "credgate::access",
             status = resp.status().as_u16(),
-            duration_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
             "request"
         )
     });
