@@ -39,7 +39,7 @@ COPY --from=builder --chown=65532:65532 /out/var/lib/credgate /var/lib/credgate
 COPY config/credgate.toml /etc/credgate/credgate.toml
 WORKDIR /var/lib/credgate
 # A container is reached through its own interfaces, not 127.0.0.1: listen on
-# all of them. These override the file's [proxy]/[ops] listen (SPEC §11);
+# all of them. These override the file's [proxy]/[ops] listen (docs/configuration.md);
 # pass -e CREDGATE_OPS__LISTEN=127.0.0.1:9090 to keep the ops port private.
 ENV CREDGATE_PROXY__LISTEN=0.0.0.0:8080 \
     CREDGATE_OPS__LISTEN=0.0.0.0:9090

@@ -1,4 +1,4 @@
-//! The audit log: one JSON line per security-relevant event (SPEC §10).
+//! The audit log: one JSON line per security-relevant event (docs/metrics.md).
 //!
 //! Secret-free by construction: an event carries only identifiers, outcomes
 //! and reasons chosen by the caller from bounded vocabularies — there is no

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids;
 
+mod env;
+pub use env::{KNOWN_ENV_VARS, unmatched_env_vars};
+
 pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_OPS_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -37,6 +40,9 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Parse(String),
+    /// A `CREDGATE_<SECTION>__<KEY>` override is wrong (not the file).
+    #[error("environment variable {0}")]
+    Env(String),
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -492,7 +498,39 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml_with_env(&text, std::env::vars())
+        let mut config = Self::from_toml_with_env(&text, std::env::vars())?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new("")));
+        Ok(config)
+    }
+
+    /// Makes every relative file path absolute against `base` (the config file's
+    /// folder), so that where credgate is started from does not matter: started from
+    /// another folder it must not create a new empty store and master key.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.store.path);
+        let optional = [
+            &mut self.store.master_key_file,
+            &mut self.store.vault.ca_cert,
+            &mut self.store.vault.role_id_file,
+            &mut self.store.vault.secret_id_file,
+            &mut self.proxy.tls_cert,
+            &mut self.proxy.tls_key,
+            &mut self.proxy.upstream_ca_file,
+            &mut self.ops.tls_cert,
+            &mut self.ops.tls_key,
+        ];
+        for p in optional.into_iter().flatten() {
+            fix(p);
+        }
+        if self.audit.path != "-" && Path::new(&self.audit.path).is_relative() {
+            self.audit.path = base.join(&self.audit.path).display().to_string();
+        }
     }
 
     /// Parses TOML, applies `CREDGATE_<SECTION>__<KEY>` and `VAULT_*` from `env`,
@@ -503,15 +541,30 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let mut vault_env = Vec::new();
+        // The file alone first, so that its own mistakes are reported as the file's
+        // (with the line, from the text).
+        if let Err(e) = deserialize(table.clone()) {
+            return Err(match toml::from_str::<Config>(text) {
+                Err(spanned) => {
+                    let ConfigError::Parse(short) = e else {
+                        return Err(e);
+                    };
+                    let route = short.split(':').next().filter(|p| p.starts_with("routes["));
+                    let hint = short.find(" (a listen address").map_or("", |i| &short[i..]);
+                    let spanned = spanned.to_string();
+                    ConfigError::Parse(match route {
+                        Some(r) => format!("{r}: {}{hint}", spanned.trim_end()),
+                        None => format!("{}{hint}", spanned.trim_end()),
+                    })
+                }
+                Ok(_) => e,
+            });
+        }
+        let (mut overrides, mut vault_env) = (Vec::new(), Vec::new());
         let (mut redis_url, mut otlp_endpoint) = (None, None);
         for (key, value) in env {
-            if let Some(rest) = key.strip_prefix("CREDGATE_") {
-                if rest.contains("__") {
-                    let path: Vec<String> = rest.split("__").map(|s| s.to_lowercase()).collect();
-                    set_path(&mut table, &path, &value)
-                        .map_err(|e| ConfigError::Parse(format!("{key}: {e}")))?;
-                }
+            if key.starts_with("CREDGATE_") {
+                overrides.push((key, value));
             } else if key.starts_with("VAULT_") {
                 vault_env.push((key, value));
             } else if key == "REDIS_URL" {
@@ -520,9 +573,20 @@ impl Config {
                 otlp_endpoint = Some(value);
             }
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        if !overrides.is_empty() {
+            overrides.sort();
+            let defaults = match toml::Value::try_from(Config::default()) {
+                Ok(toml::Value::Table(t)) => t,
+                _ => toml::Table::new(),
+            };
+            env::apply_overrides(&mut table, &defaults, &overrides)?;
+        }
+        let mut config = deserialize(table).map_err(|e| match e {
+            ConfigError::Parse(m) => {
+                ConfigError::Env(format!("override (CREDGATE_<SECTION>__<KEY>): {m}"))
+            }
+            other => other,
+        })?;
         config.apply_vault_env(vault_env)?;
         // The standard variables fill in what the file leaves unset; empty
         // counts as unset (as OpenTelemetry's own variables do).
@@ -554,6 +618,8 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        check_log_filter(&self.log.level)
+            .map_err(|e| ConfigError::Invalid(format!("log.level = {:?}: {e}", self.log.level)))?;
         for url in [Some(&self.proxy.public_url), self.oauth.issuer.as_ref()]
             .into_iter()
             .flatten()
@@ -592,6 +658,7 @@ impl Config {
         }
         for (id, i) in &self.integrations {
             ids::validate(id).map_err(|e| ConfigError::Invalid(format!("integration: {e}")))?;
+            reserved_integration(id, &format!("integrations.{id}"))?;
             if i.grant == IntegrationGrant::ClientCredentials
                 && (i.token_url.is_none() || i.client_id.is_none())
             {
@@ -623,6 +690,7 @@ impl Config {
             let at = format!("routes[{i}]");
             ids::validate(&r.integration)
                 .map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
+            reserved_integration(&r.integration, &at)?;
             match (&r.path_prefix, &r.host) {
                 (Some(p), None) => {
                     if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) {
@@ -669,30 +737,75 @@ impl Config {
 
     /// The effective configuration as TOML. Nothing secret is in `Config`
     /// (secrets come from the environment), so this is safe to print.
+    /// Defaults that are derived from other keys are written out.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let mut shown = self.clone();
+        shown.oauth.issuer = Some(self.issuer().to_owned());
+        if self.store.backend == StoreBackend::Embedded {
+            shown.store.master_key_file = Some(self.store.master_key_path());
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }
 
-/// Sets `path` inside `table` to `raw`, read as a TOML value when it parses as
-/// one (numbers, booleans, arrays, inline tables) and as a string otherwise.
-fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut t = table;
-    for p in parents {
-        let entry = t
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{p}` is not a table"))?;
+/// A log filter (`log.level`, `RUST_LOG`) must parse, and every directive without a
+/// target must be a level: a lone word such as `verbose` would be read as a target
+/// name and silence every log line, errors included.
+pub fn check_log_filter(filter: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| e.to_string())?;
+    for d in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = matches!(
+            d.to_ascii_lowercase().as_str(),
+            "off" | "error" | "warn" | "info" | "debug" | "trace"
+        );
+        if !(level || d.contains('=') || d.contains('[') || d.contains("::") || d == "credgate") {
+            return Err(format!(
+                "`{d}` is not a log level: use error, warn, info, debug or trace, or \
+                 directives such as \"info,credgate=debug\""
+            ));
+        }
     }
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
-    t.insert(last.clone(), value);
     Ok(())
+}
+
+/// Integration names that are values of the metrics' `route` label for credgate's own
+/// endpoints; an integration of that name would be indistinguishable in the metrics.
+pub const RESERVED_INTEGRATIONS: &[&str] = &["admin", "oauth", "none"];
+
+fn reserved_integration(id: &str, at: &str) -> Result<(), ConfigError> {
+    if RESERVED_INTEGRATIONS.contains(&id) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}: the integration name `{id}` is reserved (credgate's own metrics label \
+             value); choose another name"
+        )));
+    }
+    Ok(())
+}
+
+/// The table as a `Config`, with an error that says where: the route's index for a
+/// `[[routes]]` entry, and a hint for listen addresses given as host names.
+fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
+    let routes = table.get("routes").cloned();
+    toml::Value::Table(table).try_into::<Config>().map_err(|e| {
+        let mut msg = e.message().trim().to_owned();
+        if let Some(toml::Value::Array(routes)) = routes {
+            for (i, r) in routes.into_iter().enumerate() {
+                if let Err(e) = r.try_into::<RouteConfig>() {
+                    msg = format!("routes[{i}]: {}", e.message().trim());
+                    break;
+                }
+            }
+        }
+        if msg.contains("socket address") {
+            msg.push_str(
+                " (a listen address is IP:port such as 127.0.0.1:9090; \
+                 host names such as localhost are not accepted)",
+            );
+        }
+        ConfigError::Parse(msg)
+    })
 }
 
 #[cfg(test)]
@@ -799,6 +912,75 @@ path_prefix = "/a/""#,
                 "{route}"
             );
         }
+    }
+
+    #[test]
+    fn a_log_level_that_is_no_level_is_refused() {
+        for bad in [
+            "verbose",
+            "info,credgate=verbose",
+            "credgate=[",
+            "loud,debug",
+        ] {
+            let text = format!("[log]\nlevel = {bad:?}\n");
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains("log.level"), "{bad}: {err}");
+        }
+        for good in [
+            "info",
+            "info,credgate=debug",
+            "warn,credgate::proxy=trace",
+            "credgate",
+        ] {
+            let text = format!("[log]\nlevel = {good:?}\n");
+            Config::from_toml_with_env(&text, env(&[])).unwrap();
+        }
+    }
+
+    #[test]
+    fn reserved_integration_names_are_refused() {
+        for name in RESERVED_INTEGRATIONS {
+            let text = format!(
+                "[[routes]]\nintegration = \"{name}\"\npath_prefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n"
+            );
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn route_errors_name_the_index_and_addresses_get_a_hint() {
+        let text = "[[routes]]\nintegration = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n[[routes]]\nintegration = \"b\"\npath_prefix = \"/b\"\n";
+        let err = Config::from_toml_with_env(text, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("routes[1]"), "{err}");
+        let err = Config::from_toml_with_env("[ops]\nlisten = \"localhost:9090\"\n", env(&[]))
+            .unwrap_err();
+        assert!(err.to_string().contains("127.0.0.1:9090"), "{err}");
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_folder() {
+        let mut c = Config::from_toml_with_env(
+            "[store]\npath = \"data/x.store\"\n[audit]\npath = \"a.log\"\n",
+            env(&[]),
+        )
+        .unwrap();
+        c.resolve_paths(Path::new("/etc/credgate"));
+        assert_eq!(c.store.path, Path::new("/etc/credgate/data/x.store"));
+        assert_eq!(c.audit.path, "/etc/credgate/a.log");
+        assert_eq!(
+            c.store.master_key_path(),
+            Path::new("/etc/credgate/data/x.store.key")
+        );
+    }
+
+    #[test]
+    fn check_config_output_shows_derived_defaults() {
+        let c = Config::from_toml_with_env("", env(&[])).unwrap();
+        let out = c.to_redacted_toml();
+        assert!(out.contains("issuer = \"http://127.0.0.1:8080\""), "{out}");
+        assert!(out.contains("master_key_file = "), "{out}");
+        Config::from_toml_with_env(&out, env(&[])).expect("the output is a valid config");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The errors callers see, and the one place they become HTTP (SPEC §4).
+//! The errors callers see, and the one place they become HTTP (docs/errors.md).
 //!
 //! Every variant's status is chosen in [`ProxyError::status_and_code`], an
 //! exhaustive match: a new variant does not compile until it has a status.
@@ -120,7 +120,7 @@ impl ProxyError {
         }
     }
 
-    /// The one mapping from error to status and SPEC code.
+    /// The one mapping from error to status and code (docs/errors.md).
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
@@ -161,7 +161,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(m) | ProxyError::Conflict(m) => m.clone(),
             ProxyError::Unauthorized { reason, .. } => match reason {
-                AuthFailure::Missing => "Authentication required".into(),
+                AuthFailure::Missing => {
+                    "Authentication required: send `Authorization: Bearer <token>`".into()
+                }
                 AuthFailure::QueryToken => "Tokens are not accepted in the query string".into(),
                 AuthFailure::Expired => "Token expired".into(),
                 AuthFailure::Revoked => "Token revoked".into(),
@@ -210,7 +212,7 @@ impl ProxyError {
         }
     }
 
-    /// Renders the SPEC §4 body and the headers that go with it.
+    /// Renders the docs/errors.md body and the headers that go with it.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let mut error = json!({ "code": code, "message": self.message() });

@@ -1,12 +1,12 @@
 //! The `credgate` binary: parse the command line, load config, run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use credgate::config::{Config, LogFormat};
+use credgate::config::{Config, ConfigError, ENV_ADMIN_TOKEN, LogFormat, StoreBackend};
 use credgate::server::{self, Listeners};
 use credgate::state::AppState;
 use secrecy::SecretString;
@@ -18,10 +18,17 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+const CONFIG_HELP: &str = "Path of the TOML configuration file (see config/credgate.toml and \
+     docs/configuration.md); relative paths inside it are resolved against its folder";
+
 #[derive(Parser)]
 #[command(
     name = "credgate",
-    about = "Credential-injecting sidecar proxy for MCP servers"
+    version,
+    about = "Credential-injecting sidecar proxy for MCP servers",
+    after_help = "Secrets come from the environment only: CREDGATE_ADMIN_TOKEN, \
+                  CREDGATE_MASTER_KEY, <INTEGRATION>_CLIENT_SECRET, VAULT_*. Any config key \
+                  can be overridden as CREDGATE_<SECTION>__<KEY>."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,29 +38,29 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy and ops listeners.
+    /// The bootstrap admin token comes from `CREDGATE_ADMIN_TOKEN` only (never from
+    /// the command line, where `ps` would show it).
     Serve {
-        #[arg(long, short)]
+        #[arg(long, short, help = CONFIG_HELP)]
         config: PathBuf,
-        /// Bootstrap admin bearer token.
-        #[arg(long, env = "CREDGATE_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<SecretString>,
     },
     /// Validate a config file and print it with defaults filled in.
     CheckConfig {
-        #[arg(long, short)]
+        #[arg(long, short, help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Make a new signing key the active one (old keys stay published).
     /// Running replicas pick it up within `store.sync_interval_seconds`.
     RotateSigningKey {
-        #[arg(long, short)]
+        #[arg(long, short, help = CONFIG_HELP)]
         config: PathBuf,
     },
     /// Re-encrypt a tenant's credentials under the newest version of its key,
     /// after the key was rotated in Vault Transit.
     Rewrap {
-        #[arg(long, short)]
+        #[arg(long, short, help = CONFIG_HELP)]
         config: PathBuf,
+        /// The tenant whose credentials to re-encrypt.
         #[arg(long)]
         tenant: String,
     },
@@ -69,10 +76,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::RotateSigningKey { config } => {
-            let result = Config::load(&config)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))
-                .and_then(|c| {
-                    tokio::runtime::Runtime::new()?.block_on(async {
+            let Some(c) = load_config(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let result = tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
                         let state = AppState::build(c, None).await?;
                         Ok(state.authority.rotate_signing_key().await?)
                     })
@@ -82,20 +92,21 @@ fn main() -> ExitCode {
                     println!("active signing key: {kid}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("credgate: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&e),
             }
         }
         Command::Rewrap { config, tenant } => {
-            let result = credgate::ids::validate(&tenant)
+            if let Err(e) = credgate::ids::validate(&tenant) {
+                eprintln!("credgate: --tenant: {e}");
+                return ExitCode::FAILURE;
+            }
+            let Some(c) = load_config(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let result = tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|_| {
-                    Config::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))
-                })
-                .and_then(|c| {
-                    tokio::runtime::Runtime::new()?.block_on(async {
+                .and_then(|rt| {
+                    rt.block_on(async {
                         let store = credgate::store::open(&c.store).await?;
                         Ok(store.rewrap_tenant(&tenant).await?)
                     })
@@ -105,35 +116,29 @@ fn main() -> ExitCode {
                     println!("rewrapped {n} credential record(s) of {tenant}");
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("credgate: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&e),
             }
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::CheckConfig { config } => match load_config(&config) {
+            Some(c) => {
                 print!("{}", c.to_redacted_toml());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("credgate: {}: {e}", config.display());
-                ExitCode::FAILURE
-            }
+            None => ExitCode::FAILURE,
         },
-        Command::Serve {
-            config,
-            admin_token,
-        } => {
-            let config_path = config;
-            let config = match Config::load(&config_path) {
-                Ok(c) => c,
+        Command::Serve { config } => {
+            let config_path = std::path::absolute(&config).unwrap_or(config);
+            let Some(config) = load_config(&config_path) else {
+                return ExitCode::FAILURE;
+            };
+            let filter = match log_filter(&config) {
+                Ok(f) => f,
                 Err(e) => {
-                    eprintln!("credgate: {}: {e}", config_path.display());
+                    eprintln!("credgate: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            init_tracing(&config);
+            init_tracing(&config, filter);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -141,21 +146,97 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, config_path, admin_token)) {
+            match runtime.block_on(serve(config, config_path)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("credgate: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => fail(&e),
             }
         }
     }
 }
 
-fn init_tracing(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+/// Loads and validates the config, and checks `RUST_LOG`; on error prints one line
+/// (which file or which environment variable, what is wrong) and returns `None`.
+fn load_config(path: &Path) -> Option<Config> {
+    let result = Config::load(path).and_then(|c| {
+        log_filter(&c).map_err(ConfigError::Invalid)?;
+        Ok(c)
+    });
+    match result {
+        Ok(c) => Some(c),
+        // These name what is wrong themselves (the file, or the variable).
+        Err(e @ (ConfigError::Read { .. } | ConfigError::Env(_))) => {
+            eprintln!("credgate: {e}");
+            None
+        }
+        Err(e) => {
+            eprintln!("credgate: {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Prints a start-up error once: each cause of the chain that its parent does not
+/// already say, then a hint naming what to change.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    eprintln!("credgate: {line}");
+    if let Some(hint) = hint(&line) {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::FAILURE
+}
+
+fn hint(message: &str) -> Option<&'static str> {
+    let m = message.to_ascii_lowercase();
+    Some(if m.contains("address already in use") {
+        "another process listens on that address: stop it, or change `proxy.listen` / \
+         `ops.listen` (e.g. CREDGATE_PROXY__LISTEN=127.0.0.1:8081, and `proxy.public_url` \
+         to match)"
+    } else if m.contains("cannot assign requested address") {
+        "that IP is not on this machine: change `proxy.listen` / `ops.listen`"
+    } else if m.contains("permission denied") && m.contains("bind") {
+        "ports below 1024 need privileges: choose another port in `proxy.listen` / `ops.listen`"
+    } else if m.contains("master key") {
+        "the embedded store's master key comes from CREDGATE_MASTER_KEY (32 bytes, base64) \
+         or `store.master_key_file`; it must be the key the store was created with"
+    } else if m.contains("store") && m.contains("permission denied") {
+        "credgate cannot write `store.path` (or its key file): fix the folder's permissions \
+         or change `store.path`"
+    } else if m.contains("audit log") {
+        "check `audit.path` (\"-\" writes the audit log to stdout)"
+    } else if m.contains("vault") {
+        "check `[store.vault]` and the VAULT_* variables (VAULT_ADDR, VAULT_TOKEN, …)"
+    } else {
+        return None;
+    })
+}
+
+/// The log filter: `RUST_LOG` when set, else `log.level`. A filter that names no
+/// level (`verbose`) is refused rather than silencing every log line.
+/// `tokio_cron_scheduler` logs every tick at INFO: kept at WARN unless named.
+fn log_filter(config: &Config) -> Result<EnvFilter, String> {
+    let (source, text) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => ("RUST_LOG", v),
+        _ => ("log.level", config.log.level.clone()),
+    };
+    credgate::config::check_log_filter(&text).map_err(|e| format!("{source} = {text:?}: {e}"))?;
+    let mut filter = EnvFilter::try_new(&text).map_err(|e| format!("{source} = {text:?}: {e}"))?;
+    if !text.contains("tokio_cron_scheduler") {
+        filter = filter.add_directive("tokio_cron_scheduler=warn".parse().expect("valid"));
+    }
+    Ok(filter)
+}
+
+fn init_tracing(config: &Config, filter: EnvFilter) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -167,16 +248,84 @@ fn init_tracing(config: &Config) {
     }
 }
 
-async fn serve(
-    config: Config,
-    config_path: PathBuf,
-    admin_token: Option<SecretString>,
-) -> anyhow::Result<()> {
-    if admin_token.is_none() {
+/// Start-up warnings about a config that works but probably not as meant.
+fn startup_warnings(config: &Config, admin_token: bool) {
+    if !admin_token {
         tracing::warn!(
-            "CREDGATE_ADMIN_TOKEN is not set: only admin-scoped client tokens can use the admin API"
+            "{ENV_ADMIN_TOKEN} is not set: every /api/admin call will answer 401; set it (at \
+             least 32 random characters) and restart"
         );
     }
+    for var in credgate::config::unmatched_env_vars(std::env::vars()) {
+        tracing::warn!(
+            variable = %var,
+            "environment variable matches no configuration key and is ignored (overrides \
+             are CREDGATE_<SECTION>__<KEY>, with two underscores: e.g. CREDGATE_PROXY__LISTEN)"
+        );
+    }
+    if let Some(w) = public_url_mismatch(config) {
+        tracing::warn!("{w}");
+    }
+    for (name, integration) in &config.integrations {
+        if integration.client_id.is_none() {
+            continue;
+        }
+        let var = integration.client_secret_env(name);
+        if std::env::var_os(&var).is_none_or(|v| v.is_empty()) {
+            tracing::warn!(
+                integration = %name,
+                variable = %var,
+                "the integration's OAuth client secret is not set: refreshing its credentials \
+                 will fail until it is"
+            );
+        }
+    }
+}
+
+/// `proxy.listen` on loopback with a `public_url` on loopback but another port: the
+/// metadata URLs and the token issuer would point at the wrong port.
+fn public_url_mismatch(config: &Config) -> Option<String> {
+    let listen = config.proxy.listen;
+    if !(listen.ip().is_loopback() || listen.ip().is_unspecified()) {
+        return None;
+    }
+    let url: http::Uri = config.proxy.public_url.parse().ok()?;
+    let host = url.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let port = url.port_u16().unwrap_or(match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    });
+    (loopback && port != listen.port()).then(|| {
+        format!(
+            "proxy.listen is {listen} but proxy.public_url is {} (port {port}): metadata \
+             URLs, resource URLs and the token issuer use public_url; set proxy.public_url \
+             (CREDGATE_PROXY__PUBLIC_URL) to match",
+            config.proxy.public_url
+        )
+    })
+}
+
+async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let admin_token = std::env::var(ENV_ADMIN_TOKEN)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from);
+    let (backend, store_location) = match config.store.backend {
+        StoreBackend::Embedded => ("embedded", config.store.path.display().to_string()),
+        StoreBackend::Vault => ("vault", config.store.vault.address.clone()),
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config_path.display(),
+        store = backend,
+        store_location = %store_location,
+        "credgate starting"
+    );
+    startup_warnings(&config, admin_token.is_some());
     let state = Arc::new(
         AppState::build(config, admin_token)
             .await

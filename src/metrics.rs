@@ -1,10 +1,11 @@
-//! Prometheus metric families (SPEC §10), registered once at start-up.
+//! Prometheus metric families (docs/metrics.md), registered once at start-up.
 //!
 //! Labels are bounded: route names come from config, results and reasons
 //! from fixed enums. Tenants appear only with `metrics.tenant_label = true`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Buckets for request latencies: sub-millisecond up to a minute (streams).
@@ -78,6 +79,20 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(rate_limit_backend_errors_total.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "credgate_build_info",
+                "Always 1; the running version in `version`",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
             .expect("unique metric");
         Metrics {
             rate_limit_backend_errors_total,
@@ -155,9 +170,13 @@ impl Metrics {
         for result in ["issued", "denied"] {
             self.tokens_issued_total.with_label_values(&[result]);
         }
-        for reason in crate::error::AuthFailure::ALL {
-            self.auth_failures_total
-                .with_label_values(&[reason.as_str()]);
+        let client_auth = ["invalid_client", "throttled"];
+        for reason in crate::error::AuthFailure::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain(client_auth)
+        {
+            self.auth_failures_total.with_label_values(&[reason]);
         }
         for result in ["hit", "miss", "stale"] {
             self.credential_cache_requests_total
@@ -165,6 +184,37 @@ impl Metrics {
         }
         for reason in ["queue_full", "export_failed"] {
             self.trace_spans_dropped_total.with_label_values(&[reason]);
+        }
+    }
+
+    /// Refresh outcomes of the integrations known at start-up (bounded: the
+    /// triggers and results are fixed lists, see docs/metrics.md).
+    pub fn preregister_refresh<'a>(&self, integrations: impl IntoIterator<Item = &'a str>) {
+        for integration in integrations {
+            for trigger in ["upstream_401", "expired", "scheduled", "admin"] {
+                for result in ["success", "error", "reauthorization_required"] {
+                    self.credential_refresh_total.with_label_values(&[
+                        integration,
+                        trigger,
+                        result,
+                    ]);
+                }
+            }
+        }
+    }
+
+    /// Store operations of the configured backend.
+    pub fn preregister_store(&self, backend: &str) {
+        let ops = [
+            "read", "write", "delete", "list", "encrypt", "decrypt", "health", "rewrap",
+        ];
+        for op in ops {
+            self.store_request_duration_seconds
+                .with_label_values(&[backend, op]);
+            for result in ["ok", "conflict", "unavailable", "error"] {
+                self.store_requests_total
+                    .with_label_values(&[backend, op, result]);
+            }
         }
     }
 
@@ -198,5 +248,27 @@ mod tests {
         assert!(text.contains(r#"credgate_http_requests_total{route="github",status="200"} 1"#));
         assert!(text.contains(r#"credgate_tokens_issued_total{result="issued"} 1"#));
         assert!(text.contains("credgate_rate_limited_total 1"));
+        let build = format!(
+            "credgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+    }
+
+    #[test]
+    fn bounded_label_values_exist_before_first_use() {
+        let m = Metrics::new();
+        m.preregister(["github"]);
+        m.preregister_refresh(["github"]);
+        m.preregister_store("embedded");
+        let text = String::from_utf8(m.render()).unwrap();
+        for want in [
+            r#"credgate_credential_refresh_total{integration="github",result="success",trigger="scheduled"} 0"#,
+            r#"credgate_store_requests_total{backend="embedded",op="write",result="conflict"} 0"#,
+            r#"credgate_auth_failures_total{reason="throttled"} 0"#,
+            r#"credgate_tokens_issued_total{result="denied"} 0"#,
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
     }
 }

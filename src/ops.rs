@@ -4,15 +4,21 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::http::{Body, full, json_response};
+use crate::error::ProxyError;
+use crate::http::{Body, full, json_response, request_id};
 use crate::state::AppState;
+
+/// Errors have the same body as the proxy port's (docs/errors.md).
+fn error(e: ProxyError, req: &Request<Incoming>) -> Response<Body> {
+    let rid = request_id(req.headers());
+    let mut resp = e.into_response(rid.to_str().unwrap_or(""));
+    resp.headers_mut().insert("x-request-id", rid);
+    resp
+}
 
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &json!({ "error": "method not allowed" }),
-        );
+        return error(ProxyError::MethodNotAllowed, &req);
     }
     match req.uri().path() {
         "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),
@@ -25,7 +31,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
             );
             resp
         }
-        _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "not found" })),
+        _ => error(ProxyError::NotFound, &req),
     }
 }
 

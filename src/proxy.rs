@@ -1,4 +1,4 @@
-//! The proxied request, top to bottom (SPEC §3):
+//! The proxied request, top to bottom (docs/http-api.md, "Proxied requests"):
 //! route → authenticate → tenant → authorize → rate limit → credential →
 //! inject → forward.
 
@@ -130,6 +130,9 @@ async fn forward(
     })?;
     let tenant = resolve_tenant(&principal, &parts.headers)?;
     telemetry::record_principal(&tenant, &principal.client_id);
+    tracing::Span::current()
+        .record("client_id", &*principal.client_id)
+        .record("tenant", &*tenant);
     authorize(&principal, route)?;
     let caller = state
         .authority
@@ -306,7 +309,7 @@ fn declared_length(h: &http::HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The tenant a request acts for (SPEC §3 step 2).
+/// The tenant a request acts for (docs/http-api.md, "Proxied requests" step 3).
 fn resolve_tenant(p: &Principal, headers: &http::HeaderMap) -> Result<Arc<str>, ProxyError> {
     let named = match headers.get(&X_TENANT_ID) {
         None => None,
@@ -336,7 +339,7 @@ fn tenant_forbidden() -> ProxyError {
     ProxyError::forbidden("Tenant not allowed for this client")
 }
 
-/// Scopes and allowed integrations (SPEC §3 step 3).
+/// Scopes and allowed integrations (docs/http-api.md, "Proxied requests" step 4).
 fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
     if let Some(missing) = route.required_scopes.iter().find(|s| !p.has_scope(s)) {
         tracing::debug!(scope = %missing, "insufficient scope");

@@ -1,4 +1,4 @@
-//! Per-tenant (and optional per-client) token buckets, checked after
+//! Per-tenant (and optional per-client) token buckets (docs/configuration.md), checked after
 //! authentication and before the store is touched.
 //!
 //! Tenants without an override share one keyed limiter whose idle entries are

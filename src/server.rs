@@ -315,9 +315,31 @@ async fn serve_conn<I, S>(
 
 /// Dispatch on the proxy port: credgate's own endpoints first, then routes.
 async fn handle_proxy(state: &AppState, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let started = Instant::now();
     let rid = request_id(req.headers());
-    let span = tracing::info_span!("request", request_id = ?rid, method = %req.method(), path = %req.uri().path());
-    let mut resp = dispatch(state, req, conn, &rid).instrument(span).await;
+    // `route`, `client_id` and `tenant` are recorded as they become known; the access
+    // log line below carries them (docs/http-api.md, "Access log"). Nothing is
+    // formatted when the span and the event are disabled.
+    let span = tracing::info_span!(
+        "request",
+        request_id = rid.to_str().unwrap_or_default(),
+        method = %req.method(),
+        path = %req.uri().path(),
+        route = tracing::field::Empty,
+        client_id = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+    );
+    let mut resp = dispatch(state, req, conn, &rid)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        tracing::info!(
+            target: "credgate::access",
+            status = resp.status().as_u16(),
+            duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            "request"
+        )
+    });
     resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
     resp
 }

@@ -97,6 +97,14 @@ impl AppState {
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
+        metrics.preregister_refresh(
+            config
+                .routes
+                .iter()
+                .map(|r| r.integration.as_str())
+                .chain(config.integrations.keys().map(String::as_str)),
+        );
+        metrics.preregister_store(store.backend());
         let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
         // An empty variable counts as unset; a short token is refused before
         // anything else is opened.
@@ -179,6 +187,7 @@ impl AppState {
 
     /// Records the request metrics for a finished request.
     pub fn finish(&self, route: &str, started: Instant, resp: Response<Body>) -> Response<Body> {
+        tracing::Span::current().record("route", route);
         let m = &self.metrics;
         m.http_requests_total
             .with_label_values(&[route, resp.status().as_str()])

@@ -474,7 +474,7 @@ pub struct Forward<'a> {
     pub credential: (&'a HeaderName, HeaderValue),
 }
 
-/// Rewrites the caller's request head for the upstream (SPEC §3 step 5).
+/// Rewrites the caller's request head for the upstream (docs/http-api.md, "Proxied requests" step 8).
 pub fn upstream_parts(
     mut parts: http::request::Parts,
     f: &Forward<'_>,

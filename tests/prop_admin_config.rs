@@ -1,7 +1,7 @@
 //! Property tests (issue #9) of the admin API's JSON bodies and of the
 //! configuration parser (TOML plus `CREDGATE_<SECTION>__<KEY>` overrides).
 //!
-//! Admin: whatever the body, the answer is 2xx or a SPEC §4 4xx body, never
+//! Admin: whatever the body, the answer is 2xx or a docs/errors.md 4xx body, never
 //! a 5xx or a panic, and no answer carries an upstream secret that was sent.
 //! Config: any text parses or is refused with an error; an accepted config's
 //! redacted form (what `check-config` prints) is itself an accepted config.

@@ -1,4 +1,4 @@
-//! The vault store backend against real OpenBao (SPEC §7).
+//! The vault store backend against real OpenBao (docs/storage.md).
 //!
 //! Contract tests (records, check-and-set, Transit) run against the Vault in
 //! `VAULT_ADDR`/`VAULT_TOKEN` when both are set, each in its own random KV and

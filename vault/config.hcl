@@ -1,4 +1,4 @@
-# OpenBao / HashiCorp Vault server for credgate's store (SPEC §7), production
+# OpenBao / HashiCorp Vault server for credgate's store (docs/storage.md), production
 # style: integrated (raft) storage, TLS only, Prometheus telemetry.
 #
 # One node is shown; for HA run three or five and add `retry_join` blocks to

@@ -1,4 +1,4 @@
-//! Admin API for credgate's OAuth clients (SPEC §6), under
+//! Admin API for credgate's OAuth clients (docs/http-api.md, "Admin API"), under
 //! `/api/admin/oauth/clients`:
 //!
 //! | method | path | does |

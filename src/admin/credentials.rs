@@ -118,6 +118,12 @@ async fn put(
     actor: &str,
 ) -> Result<Response<Body>, ProxyError> {
     let credential = parse(body, actor)?;
+    if !integration_in_use(state, integration) {
+        return Err(ProxyError::bad_request(format!(
+            "no route or [integrations] entry uses integration `{integration}`: a credential \
+             stored for it would never be used (check the name, or add a route first)"
+        )));
+    }
     let store = state.credentials.store().as_ref();
     let path = credentials::record_path(tenant, integration);
     let current = store.read(&path).await.map_err(|e| store_error(&e))?;
@@ -146,12 +152,15 @@ async fn put(
             ..Default::default()
         },
     );
-    let mut meta = credentials::Summary::of(&credential, version, String::new()).to_json(
-        tenant,
-        integration,
-        OffsetDateTime::now_utc(),
-    );
-    meta["updatedAt"] = json!(null);
+    // The answer is what a GET right after shows (same `updatedAt`).
+    let meta = match credentials::load_summary(store, tenant, integration).await {
+        Ok(Some(summary)) => summary.to_json(tenant, integration, OffsetDateTime::now_utc()),
+        _ => credentials::Summary::of(&credential, version, String::new()).to_json(
+            tenant,
+            integration,
+            OffsetDateTime::now_utc(),
+        ),
+    };
     let status = if current.is_some() {
         StatusCode::OK
     } else {
@@ -161,6 +170,17 @@ async fn put(
         status,
         &json!({ "success": true, "message": "Credential stored", "credential": meta }),
     ))
+}
+
+/// Whether a route or an `[integrations]` entry names the integration.
+fn integration_in_use(state: &AppState, integration: &str) -> bool {
+    state.config.integrations.contains_key(integration)
+        || state
+            .live
+            .load()
+            .routes
+            .iter()
+            .any(|r| &*r.integration == integration)
 }
 
 async fn get(
@@ -175,7 +195,10 @@ async fn get(
             .map_err(|e| store_error(&e))?
             .ok_or(ProxyError::NotFound)?;
     let meta = summary.to_json(tenant, integration, OffsetDateTime::now_utc());
-    Ok(json_response(StatusCode::OK, &meta))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "success": true, "credential": meta }),
+    ))
 }
 
 async fn refresh(

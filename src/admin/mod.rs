@@ -1,4 +1,4 @@
-//! The admin API (SPEC §6): authentication, path checks and dispatch.
+//! The admin API (docs/http-api.md, "Admin API"): authentication, path checks and dispatch.
 //! `clients` owns the OAuth client handlers, `credentials` the upstream ones.
 
 pub mod clients;
@@ -35,10 +35,13 @@ pub async fn handle(
     // refused is never buffered, only drained briefly (and discarded) so a
     // keep-alive connection stays usable.
     let resp = match authenticate(state, &parts, peer, rid) {
-        Ok(actor) => match read_body(body, MAX_ADMIN_BODY, state.authority.body_timeout()).await {
-            Ok(body) => dispatch(state, parts, body, &actor).await,
-            Err(e) => Err(e),
-        },
+        Ok(actor) => {
+            tracing::Span::current().record("client_id", actor.as_str()); // the access log's
+            match read_body(body, MAX_ADMIN_BODY, state.authority.body_timeout()).await {
+                Ok(body) => dispatch(state, parts, body, &actor).await,
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => {
             let mut resp = e.into_response(rid);
             // Reading the body of an `Expect: 100-continue` request would

@@ -22,7 +22,7 @@ use super::Tenants;
 use super::keys::{KeySet, SigningKey};
 use crate::error::AuthFailure;
 
-/// Clock skew tolerated on `exp` and `nbf` (SPEC: at most 60 s).
+/// Clock skew tolerated on `exp` and `nbf` (docs/http-api.md: at most 60 s).
 pub(crate) const LEEWAY_SECS: u64 = 30;
 
 /// The `typ` header of access tokens (RFC 9068 §2.1).

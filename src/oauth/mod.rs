@@ -1,5 +1,5 @@
 //! credgate as an OAuth 2.0 authorization server for its own clients
-//! (SPEC §5): the token endpoint, JWT access tokens and their validation on
+//! (docs/http-api.md): the token endpoint, JWT access tokens and their validation on
 //! every proxied request, signing keys, metadata, and the client registry.
 //!
 //! - [`Authority`] is the one handle the rest of the crate uses: `handle` for

@@ -1,4 +1,4 @@
-//! Throttling of failed client authentication at `/oauth/token` (SPEC §5).
+//! Throttling of failed client authentication at `/oauth/token` (docs/http-api.md).
 //!
 //! Design — an attacker must not be able to lock a legitimate client out:
 //!

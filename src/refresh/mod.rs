@@ -1,4 +1,4 @@
-//! Refreshing upstream credentials (SPEC §8): the provider call, at most one
+//! Refreshing upstream credentials (README.md, "Scheduled refresh"): the provider call, at most one
 //! refresh per credential at a time in this process (a per-key lock) and
 //! across replicas (a lease record written with check-and-set), and the write
 //! that keeps a rotated refresh token.

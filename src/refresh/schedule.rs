@@ -1,4 +1,4 @@
-//! Scheduled refresh (SPEC §8): a tokio-cron-scheduler job every
+//! Scheduled refresh (README.md, "Scheduled refresh"): a tokio-cron-scheduler job every
 //! `refresh.interval_seconds` refreshes the credentials with `autoRefresh`
 //! that expire within `refresh.before_seconds`.
 //!

@@ -1,6 +1,6 @@
 """Process and HTTP helpers for the credgate end-to-end tests.
 
-`Credgate` writes a SPEC §11 config, runs `target/debug/credgate serve` as a subprocess on
+`Credgate` writes a config (docs/configuration.md), runs `target/debug/credgate serve` as a subprocess on
 free 127.0.0.1 ports, waits for `/readyz`, and stops it with SIGTERM (SIGKILL after a grace
 period). It also wraps the admin API and the token endpoint. `McpCall` drives the real
 `mcp` Python client through credgate with the client-credentials OAuth provider.
@@ -99,12 +99,12 @@ def route(integration: str, prefix: str, upstream: str, **extra: Any) -> dict[st
 
 
 def spec_error(resp: httpx.Response) -> dict[str, Any]:
-    """Assert `resp` carries the SPEC §4 error body and return its `error` object."""
+    """Assert `resp` carries the docs/errors.md error body and return its `error` object."""
     try:
         body = resp.json()
     except ValueError as e:  # pragma: no cover - reported as a test failure
         raise AssertionError(f"non-JSON error body ({resp.status_code}): {resp.text[:500]!r}") from e
-    assert isinstance(body, dict) and isinstance(body.get("error"), dict), f"not a SPEC §4 body: {body!r}"
+    assert isinstance(body, dict) and isinstance(body.get("error"), dict), f"not a docs/errors.md body: {body!r}"
     err = body["error"]
     assert isinstance(err.get("code"), str) and isinstance(err.get("message"), str), f"bad error object: {body!r}"
     assert isinstance(body.get("request_id"), str) and body["request_id"], f"missing request_id: {body!r}"

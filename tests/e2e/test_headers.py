@@ -88,7 +88,7 @@ def test_request_id_kept_when_sent(gate: Credgate) -> None:
 
 
 def test_basic_injection(gate: Credgate) -> None:
-    # SPEC §3 names `inject = "basic"` without saying where user and password come from; the
+    # docs/http-api.md names `inject = "basic"` without saying where user and password come from; the
     # test assumes the stored secret is the `user:password` pair (apiKey form).
     secret = f"svc-user:pw-{unique('p')}"
     _, token = _setup(gate, "basic-echo", {"apiKey": secret})

@@ -135,7 +135,7 @@ def _forged(c: Ctx, **over: object) -> str:
                       headers={"kid": _kid(c.token), "typ": "at+jwt"})
 
 
-# ----- the catalogue: (id, builder(ctx) -> bytes, expected status, expected SPEC code) ---------
+# ----- the catalogue: (id, builder(ctx) -> bytes, expected status, expected code (docs/errors.md)) ---------
 
 def _deep(n: int) -> bytes:
     return b"[" * n + b"]" * n
@@ -156,7 +156,7 @@ CATALOGUE: list[tuple[str, object, int, str | None]] = [
     ("admin-path-dotdot", lambda c: req("GET", "/api/admin/credentials/../x", [bearer(c.gate.admin_token)]), 400, "BAD_REQUEST"),
     ("admin-path-encoded-slash", lambda c: req("GET", f"/api/admin/credentials/{c.tenant}%2Fecho/echo", [bearer(c.gate.admin_token)]), 400, "BAD_REQUEST"),
     ("admin-client-id-traversal", lambda c: req("GET", "/api/admin/oauth/clients/..", [bearer(c.gate.admin_token)]), 400, "BAD_REQUEST"),
-    # CRLF and NUL in headers (refused by the HTTP parser: no SPEC body)
+    # CRLF and NUL in headers (refused by the HTTP parser: no docs/errors.md body)
     ("bare-cr-in-header", lambda c: req("GET", "/echo/x", [bearer(c.token), (b"X-A", b"a\rb")]), 400, None),
     ("nul-in-header", lambda c: req("GET", "/echo/x", [bearer(c.token), (b"X-A", b"a\x00b")]), 400, None),
     # a bare LF ends a header line (RFC 9112 §2.2), so this is a second header, judged as one

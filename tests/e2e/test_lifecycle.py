@@ -1,4 +1,4 @@
-"""Client lifecycle through the admin API (SPEC §5, §6): introspection, revocation,
+"""Client lifecycle through the admin API (docs/http-api.md, OAuth endpoints and admin API): introspection, revocation,
 suspension, secret rotation, static API keys, limits on lifetimes."""
 
 from __future__ import annotations

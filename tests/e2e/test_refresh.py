@@ -147,7 +147,7 @@ def test_invalid_grant_requires_reauthorization(rgate: Credgate, echo: EchoUpstr
     assert spec_error(r)["code"] == "REAUTHORIZATION_REQUIRED"
     r = rgate.admin("GET", f"/api/admin/credentials/{client.tenant}/gh")
     assert r.status_code == 200, describe(r)
-    assert r.json().get("status") == "reauthorization_required", r.json()
+    assert r.json()["credential"].get("status") == "reauthorization_required", r.json()
 
 
 def test_provider_outage_on_expired_credential_is_503(
@@ -176,6 +176,6 @@ def test_admin_refresh_now(rgate: Credgate, echo: EchoUpstream, provider: OAuthP
     assert rgate.proxy("GET", f"/guarded/{marker}", token).status_code == 200
     seen = _seen(echo, marker)
     assert seen and seen[0] != f"Bearer {a1}" and seen[0][7:] in provider.valid_access
-    meta = rgate.admin("GET", f"/api/admin/credentials/{client.tenant}/gh").json()
+    meta = rgate.admin("GET", f"/api/admin/credentials/{client.tenant}/gh").json()["credential"]
     assert meta.get("refreshCount", 0) >= 1, meta
     assert "refresh-success" in rgate.audit_path.read_text(), "refresh-success not in the audit log"

@@ -269,7 +269,8 @@ def _ok(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _status(gate: Credgate, client: Client, integration: str = "gh") -> dict[str, Any]:
     r = gate.admin("GET", f"/api/admin/credentials/{client.tenant}/{integration}")
     assert r.status_code == 200, describe(r)
-    return r.json()
+    assert r.json().get("success") is True, r.json()
+    return r.json()["credential"]
 
 
 # ----- 1. one process, 100 concurrent 401s ---------------------------------------------

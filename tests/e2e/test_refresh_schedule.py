@@ -51,7 +51,8 @@ def _wait(pred, timeout: float = 15.0) -> bool:
 def _meta(gate: Credgate, tenant: str) -> dict:
     r = gate.admin("GET", f"/api/admin/credentials/{tenant}/sch")
     assert r.status_code == 200, describe(r)
-    return r.json()
+    assert r.json().get("success") is True, r.json()
+    return r.json()["credential"]
 
 
 def test_due_credential_is_refreshed_by_the_scheduler(sgate: Credgate, provider: OAuthProvider) -> None:

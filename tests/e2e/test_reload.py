@@ -26,9 +26,11 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
     gate: Credgate = make_gate(routes=[route("echo", "/echo", echo.url)])
     tenant = unique("rl")
     gate.put_bearer(tenant, "echo", f"c-{unique('x')}")
-    gate.put_bearer(tenant, "later", f"c-{unique('y')}")
     token = gate.token(gate.create_client(tenant=tenant, integrations=["echo", "later"]))
     assert gate.proxy("GET", "/later/x", token).status_code == 404
+    # No route uses `later` yet: a credential for it is refused (docs/http-api.md).
+    r = gate.admin("PUT", f"/api/admin/credentials/{tenant}/later", json={"access_token": "c-later"})
+    assert r.status_code == 400, describe(r)
 
     # An SSE stream stays open across both reloads.
     events: list[dict] = []
@@ -60,6 +62,7 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
     assert gate.proc is not None
     gate.proc.send_signal(signal.SIGHUP)
     assert _wait(lambda: gate.proxy("GET", "/later/x", token).status_code != 404), "new route not served"
+    gate.put_bearer(tenant, "later", f"c-{unique('y')}")  # now that a route uses it
     statuses = [gate.proxy("GET", "/echo/x", token).status_code for _ in range(6)]
     assert 429 in statuses, f"reloaded rate limit not applied: {statuses}"
 

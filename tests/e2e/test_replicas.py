@@ -1,6 +1,6 @@
 """Two credgate processes on one embedded store file, as replicas behind one public URL:
 each validates the other's tokens, sees the other's clients and credentials, and a
-suspension on one reaches the other within store.sync_interval_seconds (SPEC §5, §6)."""
+suspension on one reaches the other within store.sync_interval_seconds (docs/http-api.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """After a full session at RUST_LOG=debug, no secret appears in credgate's output, audit log,
-metrics or error bodies (SPEC §4: no log line at any level contains a secret)."""
+metrics or error bodies (docs/errors.md: no log line at any level contains a secret)."""
 
 from __future__ import annotations
 

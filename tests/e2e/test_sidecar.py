@@ -1,4 +1,4 @@
-"""Sidecar shape (one route with prefix `/`) and host-based routes (SPEC §3)."""
+"""Sidecar shape (one route with prefix `/`) and host-based routes (docs/http-api.md, "Proxied requests")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""credgate on the vault store backend (SPEC §7) against a real OpenBao, checked from
+"""credgate on the vault store backend (docs/storage.md) against a real OpenBao, checked from
 outside with hvac, a third-party Vault client: what credgate writes is what the spec
 lays out, it injects what it stored, and a Vault outage degrades as documented."""
 

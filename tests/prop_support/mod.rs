@@ -472,7 +472,7 @@ pub fn assert_oauth_error(status: u16, text: &str) {
     assert!(v["error_description"].is_string(), "{status}: {text}");
 }
 
-/// Asserts a SPEC §4 body.
+/// Asserts a docs/errors.md body.
 pub fn assert_spec_error(status: u16, text: &str) {
     let v: Value = serde_json::from_str(text)
         .unwrap_or_else(|e| panic!("{status}: non-JSON error body {text:?}: {e}"));

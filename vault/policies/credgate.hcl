@@ -1,4 +1,4 @@
-# credgate: exactly what the vault store backend calls (SPEC §7), nothing more.
+# credgate: exactly what the vault store backend calls (docs/storage.md), nothing more.
 #
 # Mount names are the defaults (`secret` for KV v2, `transit`);
 # vault/scripts/init-vault.sh substitutes VAULT_KV_ENGINE and

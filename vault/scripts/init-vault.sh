@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares an initialised, unsealed Vault or OpenBao for credgate (SPEC §7).
+# Prepares an initialised, unsealed Vault or OpenBao for credgate (docs/storage.md).
 # Idempotent: safe to run again after an upgrade or a partial failure.
 #
 #   - KV v2 at $VAULT_KV_ENGINE (default secret), Transit at

@@ -1,4 +1,4 @@
-//! The Vault (or OpenBao) store (SPEC §7): records in KV v2, secrets
+//! The Vault (or OpenBao) store (docs/storage.md): records in KV v2, secrets
 //! encrypted by Transit. The only code that talks to Vault.
 //!
 //! - A record at `path` is `{kv_mount}/data/{path}`; its `metadata` map is the
