@@ -388,8 +388,19 @@ pub struct IntegrationConfig {
     /// Environment variable holding the OAuth app secret; default
     /// `<INTEGRATION>_CLIENT_SECRET`.
     pub client_secret_env: Option<String>,
-    /// Shown to callers in `INTEGRATION_NOT_CONNECTED` errors.
+    /// Shown to callers in `INTEGRATION_NOT_CONNECTED` errors when credgate
+    /// cannot mint a connect link itself (no `authorize_url`).
     pub connect_url: Option<String>,
+    /// Scopes requested when a tenant connects (docs/connect.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// RFC 7009 endpoint: a disconnect revokes the token there first.
+    pub revocation_url: Option<String>,
+    /// When set, the connect callback's `iss` must equal it (RFC 9207).
+    pub issuer: Option<String>,
+    /// Extra authorization request parameters (`access_type`, `prompt`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorize_params: BTreeMap<String, String>,
 }
 
 impl IntegrationConfig {
@@ -562,6 +573,7 @@ impl Config {
                     "integrations.{id}: grant = \"client_credentials\" needs token_url and client_id"
                 ));
             }
+            crate::connect::validate_integration(id, i).map_err(ConfigError::Invalid)?;
         }
         for id in self.rate_limit.tenants.keys() {
             ids::validate(id).map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?;
@@ -589,6 +601,7 @@ impl Config {
                     if p.starts_with("/oauth")
                         || p.starts_with("/.well-known")
                         || p.starts_with("/api/admin")
+                        || crate::connect::is_own_path(p)
                     {
                         return invalid(format!("{at}: path_prefix `{p}` is reserved"));
                     }
@@ -766,6 +779,10 @@ path_prefix = "/a/""#,
             auth_method: ClientAuthMethod::default(),
             client_secret_env: None,
             connect_url: None,
+            scopes: Vec::new(),
+            revocation_url: None,
+            issuer: None,
+            authorize_params: BTreeMap::new(),
         };
         assert_eq!(i.client_secret_env("my-app"), "MY_APP_CLIENT_SECRET");
     }

@@ -21,6 +21,7 @@
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
 //! - [`admin`]: the admin API.
+//! - [`connect`]: connect links, the authorization-code flow, the settings page.
 //! - [`tls`]: rustls server (reloading certificates) and client configs.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`state`]: `AppState`, built once and passed explicitly.
@@ -28,6 +29,7 @@
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod connect;
 pub mod credentials;
 pub mod error;
 pub mod http;

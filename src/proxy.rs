@@ -139,7 +139,17 @@ async fn forward(
         return Err(ProxyError::PayloadTooLarge { limit });
     }
 
-    let credential = state.credentials.get(&tenant, &route.integration).await?;
+    let credential = match state.credentials.get(&tenant, &route.integration).await {
+        Ok(c) => c,
+        // Rare: boxed so the success path's future stays small.
+        Err(e) if crate::connect::asks_for_consent(&e) => {
+            let (tenant, integration) = (&tenant, &route.integration);
+            let answer =
+                crate::connect::consent_required(state, e, tenant, integration, &parts, body);
+            return Box::pin(answer).await;
+        }
+        Err(e) => return Err(e),
+    };
     let parts = upstream::upstream_parts(
         parts,
         &Forward {

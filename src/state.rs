@@ -63,6 +63,8 @@ pub struct AppState {
     pub authority: Arc<Authority>,
     pub credentials: Arc<Credentials>,
     pub upstream: upstream::Client,
+    /// Connect links, the connect flow and the settings page.
+    pub connect: crate::connect::Connect,
     admin_token: Option<SecretString>,
 }
 
@@ -113,7 +115,10 @@ impl AppState {
             Duration::from_secs(config.store.sync_interval_seconds),
             &metrics,
         ));
+        let connect = crate::connect::Connect::new(&config, tls_client.clone())
+            .map_err(StartError::Config)?;
         Ok(AppState {
+            connect,
             live: ArcSwap::from_pointee(Live::new(&config, None)),
             upstream: upstream::Client::new(&config.proxy, tls_client.clone()),
             config: Arc::new(config),
