@@ -14,8 +14,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use oauth2::basic::BasicClient;
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, HttpClientError,
-    HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RefreshToken,
-    RequestTokenError, RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RequestTokenError, Scope,
+    TokenResponse, TokenUrl,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Map, Value, json};
@@ -460,30 +460,34 @@ pub async fn revoke(state: &AppState, c: &Connect, tenant: &str, integration: &s
     if cred.token_type == API_KEY_TYPE {
         return;
     }
-    let token = match &cred.refresh_token {
-        Some(r) => {
-            StandardRevocableToken::RefreshToken(RefreshToken::new(r.expose_secret().to_owned()))
+    // By hand rather than with `oauth2`: its revocation request refuses
+    // `http://` endpoints, which its token requests (and `token_url`) allow.
+    let (token, hint) = match &cred.refresh_token {
+        Some(r) => (r, "refresh_token"),
+        None => (&cred.access_token, "access_token"),
+    };
+    let mut form = vec![("token", token.expose_secret()), ("token_type_hint", hint)];
+    let mut request = c.http.post(url);
+    match (app.cfg.auth_method, &app.secret) {
+        (ClientAuthMethod::ClientSecretBasic, Some(secret)) => {
+            // RFC 6749 §2.3.1: both parts form-encoded before Basic.
+            let enc = |s: &str| {
+                percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            };
+            request = request.basic_auth(enc(client_id), Some(enc(secret.expose_secret())));
         }
-        None => StandardRevocableToken::AccessToken(oauth2::AccessToken::new(
-            cred.access_token.expose_secret().to_owned(),
-        )),
-    };
-    let Ok(revocation_url) = RevocationUrl::new(url.clone()) else {
-        failed("bad_revocation_url");
-        return;
-    };
-    let mut client = BasicClient::new(ClientId::new(client_id.clone()))
-        .set_revocation_url(revocation_url)
-        .set_auth_type(auth_type(app.cfg.auth_method));
-    if let Some(s) = &app.secret {
-        client = client.set_client_secret(ClientSecret::new(s.expose_secret().to_owned()));
+        (_, secret) => {
+            form.push(("client_id", client_id));
+            if let Some(s) = secret {
+                form.push(("client_secret", s.expose_secret()));
+            }
+        }
     }
-    let result = match client.revoke_token(token) {
-        Ok(req) => req
-            .request_async(&Capped(&c.http))
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let result = match request.form(&form).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("provider answered {}", r.status())),
+        Err(e) => Err(format!("request: {}", e.without_url())),
     };
     if let Err(e) = result {
         tracing::warn!(tenant, integration, error = %e, "token revocation failed; deleting the credential anyway");
