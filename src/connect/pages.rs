@@ -43,18 +43,19 @@ strong{color:var(--ink)}
 .actions{margin-top:22px;display:flex;gap:8px;flex-wrap:wrap}
 .notice{border-radius:8px;padding:10px 14px;margin:0 0 18px;background:#ebfbee;color:#1b5e20;border:1px solid #c3e6cb}
 .notice.bad{background:#fff4e6;color:#8a3b00;border-color:#ffd8a8}
-table{width:100%;border-collapse:collapse}
-th{text-align:left;font-size:12px;text-transform:uppercase;letter-spacing:.6px;color:var(--muted);font-weight:600;padding:0 12px 10px}
+table{width:100%;border-collapse:collapse;margin-top:18px}
+th{white-space:nowrap;text-align:left;font-size:12px;text-transform:uppercase;letter-spacing:.6px;color:var(--muted);font-weight:600;padding:0 12px 10px}
 td{padding:14px 12px;border-top:1px solid var(--line);vertical-align:middle}
-td.int{font-weight:600}
+td.int .iname{font-weight:600;font-size:16px}
 td.ops{text-align:right;white-space:nowrap}
 td.ops form{display:inline;margin-left:6px}
 td.ops .btn{padding:5px 12px;font-size:13px}
-.pill{display:inline-block;border-radius:999px;padding:2px 10px;font-size:12px;font-weight:600}
+.pill{display:inline-block;white-space:nowrap;border-radius:999px;padding:2px 10px;font-size:12px;font-weight:600}
 .pill.connected{background:#ebfbee;color:var(--ok)}
 .pill.off{background:#f0f2f5;color:var(--off)}
 .pill.reauth{background:#fff4e6;color:var(--warn)}
 .muted{color:var(--muted);font-size:13px}
+td .muted{margin-top:2px}
 .icon{width:44px;height:44px;border-radius:50%;display:grid;place-items:center;font-size:22px;margin-bottom:12px;background:#edf2ff;color:var(--brand)}
 .icon.ok{background:#ebfbee;color:var(--ok)}
 .icon.bad{background:#fff4e6;color:var(--warn)}
@@ -173,6 +174,8 @@ pub struct Row {
     pub updated: String,
     pub can_connect: bool,
     pub connected: bool,
+    /// Where to connect when credgate cannot (the integration's static `connect_url`).
+    pub elsewhere: Option<String>,
 }
 
 /// The tenant settings page.
@@ -200,20 +203,33 @@ pub fn settings(tenant: &str, rows: &[Row], csrf: &str, notice: Option<(&str, bo
                 if r.connected { "ghost" } else { "" },
             ));
         }
+        if let (false, Some(href)) = (r.can_connect, &r.elsewhere) {
+            ops.push_str(&format!(
+                r#"<a class="btn ghost" href="{}" rel="noopener noreferrer">Connect at provider</a>"#,
+                esc(href)
+            ));
+        }
         if r.connected {
             ops.push_str(&form("refresh", "Refresh now", "ghost"));
             ops.push_str(&form("disconnect", "Disconnect", "danger"));
         }
+        let detail = if r.connected {
+            format!(
+                "Expires {} · Last refresh {}",
+                esc(&r.expires),
+                esc(&r.updated)
+            )
+        } else {
+            "No credential yet".to_owned()
+        };
         table.push_str(&format!(
-            r#"<tr><td class="int">{i}</td><td><span class="pill {pill}">{s}</span></td><td class="muted">{e}</td><td class="muted">{u}</td><td class="ops">{ops}</td></tr>"#,
+            r#"<tr><td class="int"><div class="iname">{i}</div><div class="muted">{detail}</div></td><td><span class="pill {pill}">{s}</span></td><td class="ops">{ops}</td></tr>"#,
             s = esc(r.status),
-            e = esc(&r.expires),
-            u = esc(&r.updated),
         ));
     }
     if rows.is_empty() {
         table.push_str(
-            r#"<tr><td colspan="5" class="muted">No integrations are configured.</td></tr>"#,
+            r#"<tr><td colspan="3" class="muted">No integrations are configured.</td></tr>"#,
         );
     }
     let notice = notice
@@ -228,7 +244,7 @@ pub fn settings(tenant: &str, rows: &[Row], csrf: &str, notice: Option<(&str, bo
     let body = format!(
         r#"{notice}<div class="card"><h1>Connections</h1>
 <p>The services this tenant's agents reach through credgate. Connect one to let them act with your account there; disconnect to revoke that access.</p>
-<table><thead><tr><th>Integration</th><th>Status</th><th>Expires</th><th>Last refresh</th><th></th></tr></thead>
+<table><thead><tr><th>Integration</th><th>Status</th><th></th></tr></thead>
 <tbody>{table}</tbody></table></div>"#
     );
     document("Connections", Some(tenant), &body, "")

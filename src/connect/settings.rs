@@ -132,6 +132,10 @@ pub async fn page(
             updated,
             can_connect: state.connect.can_connect(integration),
             connected,
+            elsewhere: state
+                .connect
+                .app(integration)
+                .and_then(|a| a.cfg.connect_url.clone()),
         });
     }
     let notice = match query_param(query, "done").as_deref() {
