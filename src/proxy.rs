@@ -241,10 +241,26 @@ async fn after_unauthorized(
         return Ok(resp);
     };
     drop(resp);
-    let fresh = state
+    let fresh = match state
         .credentials
         .refresh_after_unauthorized(tenant, &route.integration, used)
-        .await?;
+        .await
+    {
+        Ok(f) => f,
+        Err(e) if crate::connect::asks_for_consent(&e) => {
+            let integration = &route.integration;
+            return crate::connect::consent_required_kept(
+                state,
+                e,
+                tenant,
+                integration,
+                &method,
+                &kept,
+            )
+            .await;
+        }
+        Err(e) => return Err(e),
+    };
     let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);
     let mut retry = Request::new(full(kept));

@@ -532,17 +532,7 @@ pub async fn consent_required(
     parts: &http::request::Parts,
     body: &mut Option<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let url = state.connect.connect_url(state, tenant, integration).await;
-    let reconnect = matches!(e, ProxyError::ReauthorizationRequired { .. });
-    let e = match e {
-        ProxyError::IntegrationNotConnected { .. } => ProxyError::IntegrationNotConnected {
-            connect_url: url.clone(),
-        },
-        ProxyError::ReauthorizationRequired { .. } => ProxyError::ReauthorizationRequired {
-            connect_url: url.clone(),
-        },
-        other => other,
-    };
+    let (e, url) = with_connect_url(state, e, tenant, integration).await;
     let Some(url) = url else { return Err(e) };
     let small = body
         .as_ref()
@@ -554,16 +544,62 @@ pub async fn consent_required(
     let Some(incoming) = body.take() else {
         return Err(e);
     };
-    let bytes = match tokio::time::timeout(
+    match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         read_body(incoming, MAX_RPC_BODY as usize),
     )
     .await
     {
-        Ok(Ok(b)) => b,
-        _ => return Err(e),
+        Ok(Ok(bytes)) => elicit(e, &bytes, &url, tenant, integration),
+        _ => Err(e),
+    }
+}
+
+/// [`consent_required`] for a request whose body was kept (after an upstream
+/// 401 whose refresh found the grant gone).
+pub async fn consent_required_kept(
+    state: &AppState,
+    e: ProxyError,
+    tenant: &str,
+    integration: &str,
+    method: &Method,
+    kept: &[u8],
+) -> Result<Response<Body>, ProxyError> {
+    let (e, url) = with_connect_url(state, e, tenant, integration).await;
+    match url {
+        Some(url) if method == Method::POST => elicit(e, kept, &url, tenant, integration),
+        _ => Err(e),
+    }
+}
+
+async fn with_connect_url(
+    state: &AppState,
+    e: ProxyError,
+    tenant: &str,
+    integration: &str,
+) -> (ProxyError, Option<String>) {
+    let url = state.connect.connect_url(state, tenant, integration).await;
+    let e = match e {
+        ProxyError::IntegrationNotConnected { .. } => ProxyError::IntegrationNotConnected {
+            connect_url: url.clone(),
+        },
+        ProxyError::ReauthorizationRequired { .. } => ProxyError::ReauthorizationRequired {
+            connect_url: url.clone(),
+        },
+        other => other,
     };
-    let Ok(serde_json::Value::Object(msg)) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    (e, url)
+}
+
+/// The -32042 answer when `body` is one JSON-RPC request with an id, else `e`.
+fn elicit(
+    e: ProxyError,
+    body: &[u8],
+    url: &str,
+    tenant: &str,
+    integration: &str,
+) -> Result<Response<Body>, ProxyError> {
+    let Ok(serde_json::Value::Object(msg)) = serde_json::from_slice::<serde_json::Value>(body)
     else {
         return Err(e);
     };
@@ -576,7 +612,7 @@ pub async fn consent_required(
     {
         return Err(e);
     }
-    let message = if reconnect {
+    let message = if matches!(e, ProxyError::ReauthorizationRequired { .. }) {
         format!("Reconnect {integration}: its authorization for tenant {tenant} has ended.")
     } else {
         format!("Connect {integration} for tenant {tenant} to continue.")

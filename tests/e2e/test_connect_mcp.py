@@ -175,3 +175,47 @@ def test_wire_shape_and_when_the_plain_error_is_kept(world: tuple[Credgate, Conn
 
     r = gate.proxy("POST", "/gh/mcp", token, headers=headers, content=chunks())
     assert r.status_code == 403 and spec_error(r)["code"] == "INTEGRATION_NOT_CONNECTED", describe(r)
+
+
+def test_reauthorization_required_elicits_a_reconnect(world: tuple[Credgate, ConnectProvider]) -> None:
+    """The provider revoked the grant: the upstream's 401 → refresh → invalid_grant. The
+    JSON-RPC call (its body kept for the retry) gets -32042 with a reconnect link; other
+    requests get 403 REAUTHORIZATION_REQUIRED with details.connect_url; after reconnecting
+    through that link the call goes through again."""
+    gate, provider = world
+    tenant = unique("reauth")
+    token = gate.token(gate.create_client(tenant=tenant, integrations=["gh"]))
+    with browser_client() as c:
+        authorize = start_flow(c, gate.admin(
+            "POST", f"/api/admin/tenants/{tenant}/integrations/gh/connect-link", json={}
+        ).json()["url"])
+        assert c.get(provider_walk(c, authorize, callback_url(gate), login="dave")).status_code == 200
+    access = injected_bearer_of(gate, token)
+    provider.revoke(access)  # RFC 7009 on the access token: the grant's tokens all go
+    call = {"jsonrpc": "2.0", "id": 42, "method": "tools/list"}
+    headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-11-25"}
+    r = gate.proxy("POST", "/gh/mcp", token, json=call, headers=headers)
+    assert r.status_code == 200, describe(r)
+    body = r.json()
+    assert body["id"] == 42 and body["error"]["code"] == -32042, body
+    (e,) = body["error"]["data"]["elicitations"]
+    assert e["message"].startswith("Reconnect gh") and e["url"].startswith(f"{gate.url}/connect/gh?link=")
+    r = gate.proxy("GET", "/gh/mcp", token, headers=headers)
+    err = spec_error(r)
+    assert r.status_code == 403 and err["code"] == "REAUTHORIZATION_REQUIRED", describe(r)
+    assert err["details"]["connect_url"].startswith(f"{gate.url}/connect/gh?link=")
+    with browser_client() as c:
+        authorize = start_flow(c, e["url"])
+        assert c.get(provider_walk(c, authorize, callback_url(gate), login="dave")).status_code == 200
+    assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["status"] == "active"
+    fresh = injected_bearer_of(gate, token)
+    assert fresh != access and provider.introspect(fresh)["sub"] == "dave"
+
+
+def injected_bearer_of(gate: Credgate, token: str) -> str:
+    """The upstream credential credgate injects now (the echo route shows it)."""
+    from connect_support import injected_bearer
+
+    r = gate.proxy("GET", "/guarded/x", token)
+    assert r.status_code == 200, describe(r)
+    return injected_bearer(r)
