@@ -769,6 +769,51 @@ path_prefix = "/a/""#,
     }
 
     #[test]
+    fn connect_keys_are_validated() {
+        let base = r#"[integrations.gh]
+token_url = "https://p/token"
+client_id = "c"
+"#;
+        let ok = format!(
+            "{base}authorize_url = \"https://p/auth\"\nscopes = [\"repo\", \"read:user\"]\nrevocation_url = \"https://p/revoke\"\nissuer = \"https://p\"\nauthorize_params = {{ prompt = \"consent\" }}\n"
+        );
+        let c = Config::from_toml_with_env(&ok, env(&[])).unwrap();
+        let gh = &c.integrations["gh"];
+        assert_eq!(gh.scopes, ["repo", "read:user"]);
+        assert_eq!(gh.authorize_params["prompt"], "consent");
+        for (bad, why) in [
+            ("authorize_url = \"ftp://p/auth\"", "http(s) URL"),
+            ("revocation_url = \"p/revoke\"", "http(s) URL"),
+            ("issuer = \"p\"", "http(s) URL"),
+            ("connect_url = \"javascript:alert(1)\"", "http(s) URL"),
+            ("scopes = [\"a b\"]", "not a scope token"),
+            ("authorize_params = { state = \"x\" }", "set by credgate"),
+            (
+                "authorize_params = { redirect_uri = \"x\" }",
+                "set by credgate",
+            ),
+            ("unknown_key = 1", "unknown field"),
+        ] {
+            let text = format!("{base}{bad}\n");
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let no_token_url =
+            "[integrations.gh]\nauthorize_url = \"https://p/auth\"\nclient_id = \"c\"\n";
+        let err = Config::from_toml_with_env(no_token_url, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("needs token_url"), "{err}");
+        let callback = "[integrations.callback]\nauthorize_url = \"https://p/auth\"\ntoken_url = \"https://p/t\"\nclient_id = \"c\"\n";
+        assert!(Config::from_toml_with_env(callback, env(&[])).is_err());
+        for prefix in ["/connect", "/settings", "/connect/x"] {
+            let text = format!(
+                "[[routes]]\nintegration = \"a\"\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:1\"\n"
+            );
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{prefix}: {err}");
+        }
+    }
+
+    #[test]
     fn secret_env_name_follows_integration() {
         let i = IntegrationConfig {
             grant: IntegrationGrant::default(),
