@@ -137,6 +137,7 @@ impl AppState {
     /// that need a restart (they are not applied).
     pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, String> {
         self.credentials.refresher().reload_providers(new)?;
+        self.connect.reload(new);
         let old = self.live.load();
         self.live.store(Arc::new(Live::new(new, Some(&old))));
         self.authority.reload_routes(new);

@@ -297,7 +297,7 @@ pub async fn callback(
         Err(StoreError::Conflict) => return Err(bad("This sign-in was already completed.")),
         Err(e) => return Err(store_failed(&e)),
     }
-    let outcome = redeem(state, c, app, &tenant, &integration, &record.data, &params).await;
+    let outcome = redeem(state, c, &app, &tenant, &integration, &record.data, &params).await;
     let _ = store.delete(&path).await;
     outcome?;
     let from_settings = record.data.get("fromSettings").and_then(Value::as_bool) == Some(true);

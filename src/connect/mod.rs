@@ -13,7 +13,10 @@ pub mod pages;
 pub mod settings;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -64,17 +67,53 @@ pub struct App {
     secret: Option<SecretString>,
 }
 
+/// The configured integrations, swapped whole on reload.
+pub struct Apps {
+    by_id: BTreeMap<String, Arc<App>>,
+    /// Every integration a tenant may see on its settings page.
+    pub integrations: Vec<String>,
+}
+
+impl Apps {
+    fn of(config: &Config) -> Self {
+        let by_id = config
+            .integrations
+            .iter()
+            .map(|(id, i)| {
+                let secret = std::env::var(i.client_secret_env(id))
+                    .ok()
+                    .map(SecretString::from);
+                let app = App {
+                    cfg: i.clone(),
+                    secret,
+                };
+                (id.clone(), Arc::new(app))
+            })
+            .collect();
+        let mut integrations: Vec<String> = config
+            .integrations
+            .keys()
+            .cloned()
+            .chain(config.routes.iter().map(|r| r.integration.clone()))
+            .collect();
+        integrations.sort();
+        integrations.dedup();
+        Apps {
+            by_id,
+            integrations,
+        }
+    }
+}
+
 /// What the connect endpoints share: the signing key, the provider client,
 /// the integrations' apps.
 pub struct Connect {
     signer: Signer,
     http: reqwest::Client,
-    apps: BTreeMap<String, App>,
+    apps: ArcSwap<Apps>,
     public_url: String,
     redirect_uri: RedirectUrl,
     secure_cookies: bool,
-    /// Every integration a tenant may see on its settings page.
-    integrations: Vec<String>,
 }
 
 impl Connect {
@@ -89,43 +128,28 @@ impl Connect {
         let public_url = config.proxy.public_url.clone();
         let redirect_uri = RedirectUrl::new(format!("{public_url}/connect/callback"))
             .map_err(|e| format!("proxy.public_url: {e}"))?;
-        let apps = config
-            .integrations
-            .iter()
-            .map(|(id, i)| {
-                let secret = std::env::var(i.client_secret_env(id))
-                    .ok()
-                    .map(SecretString::from);
-                (
-                    id.clone(),
-                    App {
-                        cfg: i.clone(),
-                        secret,
-                    },
-                )
-            })
-            .collect();
-        let mut integrations: Vec<String> = config
-            .integrations
-            .keys()
-            .cloned()
-            .chain(config.routes.iter().map(|r| r.integration.clone()))
-            .collect();
-        integrations.sort();
-        integrations.dedup();
         Ok(Connect {
             signer: Signer::default(),
             http,
-            apps,
+            apps: ArcSwap::from_pointee(Apps::of(config)),
             secure_cookies: public_url.starts_with("https://"),
             public_url,
             redirect_uri,
-            integrations,
         })
     }
 
-    fn app(&self, integration: &str) -> Option<&App> {
-        self.apps.get(integration)
+    /// Takes the integrations of a reloaded config (SIGHUP).
+    pub fn reload(&self, config: &Config) {
+        self.apps.store(Arc::new(Apps::of(config)));
+    }
+
+    /// The integrations as configured now.
+    pub fn apps(&self) -> Arc<Apps> {
+        self.apps.load_full()
+    }
+
+    fn app(&self, integration: &str) -> Option<Arc<App>> {
+        self.apps.load().by_id.get(integration).cloned()
     }
 
     /// Whether credgate can send a person through this integration's consent.

@@ -91,7 +91,8 @@ pub async fn page(
     let store = state.store.as_ref();
     let now = OffsetDateTime::now_utc();
     let mut rows = Vec::new();
-    for integration in &state.connect.integrations {
+    let apps = state.connect.apps();
+    for integration in &apps.integrations {
         let summary = credentials::load_summary(store, &tenant, integration)
             .await
             .map_err(|e| {
@@ -189,7 +190,13 @@ pub async fn action(
             "This form did not come from your settings page. Reload it and try again.",
         ));
     }
-    if !state.connect.integrations.iter().any(|i| i == integration) {
+    if !state
+        .connect
+        .apps()
+        .integrations
+        .iter()
+        .any(|i| i == integration)
+    {
         return Err(PageError::new(
             StatusCode::NOT_FOUND,
             "Unknown integration",

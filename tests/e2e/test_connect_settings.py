@@ -228,3 +228,36 @@ def test_static_connect_url_when_credgate_cannot_connect(world: tuple[Credgate, 
     assert r.status_code == 201 and r.json()["success"] is True and r.json()["expiresAt"], describe(r)
     r = gate.admin("POST", f"/api/admin/tenants/{tenant}/settings-link", token=None)
     assert r.status_code == 401
+
+
+def test_sighup_applies_connect_settings(tmp_path: Path) -> None:
+    """An integration given `authorize_url` by a reload can be connected at once."""
+    import signal
+    import time
+
+    echo = EchoUpstream()
+    gate = connect_gate(tmp_path / "gate", echo.url)
+    provider = ConnectProvider(tmp_path, [callback_url(gate)])
+    integration = provider.integration()
+    del integration["authorize_url"]
+    use_provider(gate, provider, {"gh": integration})
+    try:
+        gate.start()
+        tenant = unique("hup")
+        path = f"/api/admin/tenants/{tenant}/integrations/gh/connect-link"
+        assert gate.admin("POST", path, json={}).status_code == 400
+        use_provider(gate, provider)
+        gate.config_path.write_text(gate.config_text())
+        assert gate.proc is not None
+        gate.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while gate.admin("POST", path, json={}).status_code != 201:
+            assert time.monotonic() < deadline, "reload did not apply authorize_url"
+            time.sleep(0.1)
+        url = gate.admin("POST", path, json={}).json()["url"]
+        with browser_client() as c:
+            assert c.get(url).status_code == 200
+    finally:
+        gate.stop()
+        provider.close()
+        echo.close()
