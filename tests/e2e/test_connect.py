@@ -132,6 +132,9 @@ def test_browser_connects_and_the_provider_token_reaches_the_upstream_then_rotat
     refreshes = [t for t in provider.stats()["tokenRequests"] if t["grant_type"] == "refresh_token"]
     assert any(t["status"] == 200 for t in refreshes), refreshes
     assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["refreshCount"] == 1
+    # neither token is in credgate's logs (debug level) or audit log
+    logs = gate.logs() + gate.audit_path.read_text()
+    assert first not in logs and second not in logs
 
 
 def test_page_and_redirect(world: tuple[Credgate, ConnectProvider]) -> None:

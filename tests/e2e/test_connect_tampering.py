@@ -153,6 +153,8 @@ def test_unknown_replayed_other_browser_and_racing_states(world: tuple[Credgate,
         assert r.status_code == 400, r.text[:400]
         assert len(provider.code_redemptions()) == before + 1
     assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").status_code == 200
+    logs = gate.logs() + gate.audit_path.read_text()
+    assert q["code"] not in logs and q["state"] not in logs, "the code or state reached a log"
 
 
 def test_provider_access_denied_stores_nothing(world: tuple[Credgate, ConnectProvider, str]) -> None:
