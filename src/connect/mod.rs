@@ -2,12 +2,16 @@
 //! the authorization-code + PKCE flow, the MCP-native consent answer, and the
 //! tenant settings page.
 //!
-//! `link` signs links, sessions and CSRF tokens; `flow` runs the provider
+//! `link` signs links, sessions and CSRF tokens; `consent` answers the
+//! proxied requests that need a connection; `landing` is the connect link's
+//! page and its button; `flow` runs the provider
 //! side; `pages` renders HTML; `settings` is the tenant's page. Nothing here
 //! runs on a proxied request's success path: [`consent_required`] is called
 //! only once the request already failed for want of a credential.
 
+pub mod consent;
 pub mod flow;
+pub mod landing;
 pub mod link;
 pub mod pages;
 pub mod settings;
@@ -23,7 +27,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use hyper::body::Incoming;
 use oauth2::RedirectUrl;
 use secrecy::SecretString;
-use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::config::{Config, IntegrationConfig};
@@ -31,6 +34,8 @@ use crate::error::ProxyError;
 use crate::http::{Body, read_body};
 use crate::state::AppState;
 use link::{Claims, Kind, Signer};
+
+pub use consent::{asks_for_consent, consent_required, consent_required_kept};
 
 /// Provider calls (token exchange, revocation) are bounded.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -405,13 +410,13 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
             flow::callback(state, c, req.uri().query(), req.headers()).await
         }
         (["connect", integration], &Method::GET) => {
-            connect_page(state, integration, req.uri().query(), req.headers()).await
+            landing::page(state, integration, req.uri().query(), req.headers()).await
         }
         (["connect", integration], &Method::POST) => {
             let integration = integration.to_string();
             let (parts, body) = req.into_parts();
             let form = read_form(&parts.headers, body).await?;
-            connect_post(state, &integration, &form, &parts.headers).await
+            landing::connect(state, &integration, &form, &parts.headers).await
         }
         (["settings", "open"], &Method::GET) => settings::open(state, req.uri().query()).await,
         (["settings"], &Method::GET) => {
@@ -454,208 +459,6 @@ async fn key(state: &AppState) -> Result<&ring::hmac::Key, PageError> {
                 "credgate cannot reach its credential store right now.",
             )
         })
-}
-
-/// `GET /connect/{integration}?link=…`: the page with the Connect button. Starts nothing.
-async fn connect_page(
-    state: &AppState,
-    integration: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response<Body>, PageError> {
-    let key = key(state).await?;
-    let value = query_param(query, "link").ok_or(link_error(link::LinkError::Malformed))?;
-    let claims =
-        Signer::verify(key, &value, Kind::Connect, Some(integration), now()).map_err(link_error)?;
-    if !state.connect.can_connect(integration) {
-        return Err(PageError::new(
-            StatusCode::BAD_REQUEST,
-            "This link does not work",
-            "This integration cannot be connected here.",
-        ));
-    }
-    let (secret, fresh) = match cookie(headers, CSRF_COOKIE).filter(|v| v.len() == 43) {
-        Some(v) => (v.to_owned(), false),
-        None => (link::random_token(32), true),
-    };
-    let csrf = Signer::csrf(key, "connect", &secret);
-    let mut resp = pages::html(
-        StatusCode::OK,
-        pages::connect(integration, &claims.t, &value, &csrf),
-    );
-    if fresh {
-        resp.headers_mut().append(
-            header::SET_COOKIE,
-            set_cookie(
-                CSRF_COOKIE,
-                &secret,
-                "/connect",
-                3600,
-                "Strict",
-                state.connect.secure_cookies,
-            ),
-        );
-    }
-    Ok(resp)
-}
-
-/// `POST /connect/{integration}`: the Connect button. Checks the link and the
-/// CSRF token again, then starts the flow.
-async fn connect_post(
-    state: &AppState,
-    integration: &str,
-    form: &BTreeMap<String, String>,
-    headers: &HeaderMap,
-) -> Result<Response<Body>, PageError> {
-    let key = key(state).await?;
-    let value = form
-        .get("link")
-        .ok_or(link_error(link::LinkError::Malformed))?;
-    let claims =
-        Signer::verify(key, value, Kind::Connect, Some(integration), now()).map_err(link_error)?;
-    let csrf_ok = match (cookie(headers, CSRF_COOKIE), form.get("csrf")) {
-        (Some(secret), Some(token)) => Signer::csrf_ok(key, "connect", secret, token),
-        _ => false,
-    };
-    if !csrf_ok {
-        return Err(PageError::new(
-            StatusCode::FORBIDDEN,
-            "Please start again",
-            "This form did not come from credgate's connect page in this browser. Open the link again.",
-        ));
-    }
-    flow::start(
-        state,
-        &state.connect,
-        &claims.t,
-        integration,
-        headers,
-        false,
-    )
-    .await
-}
-
-/// Whether a proxied request's error is one a person can fix by connecting.
-pub fn asks_for_consent(e: &ProxyError) -> bool {
-    matches!(
-        e,
-        ProxyError::IntegrationNotConnected { .. } | ProxyError::ReauthorizationRequired { .. }
-    )
-}
-
-/// Turns INTEGRATION_NOT_CONNECTED / REAUTHORIZATION_REQUIRED into what the
-/// caller can act on: the error with `details.connect_url`, or, for one
-/// JSON-RPC request with an id, HTTP 200 with JSON-RPC error -32042 (URL
-/// elicitation required) carrying the link. Reads the request body only when
-/// it is a small POST body of known length; anything else gets the plain 403.
-pub async fn consent_required(
-    state: &AppState,
-    e: ProxyError,
-    tenant: &str,
-    integration: &str,
-    parts: &http::request::Parts,
-    body: &mut Option<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    let (e, url) = with_connect_url(state, e, tenant, integration).await;
-    let Some(url) = url else { return Err(e) };
-    let small = body
-        .as_ref()
-        .and_then(|b| http_body::Body::size_hint(b).exact())
-        .is_some_and(|n| n > 0 && n <= MAX_RPC_BODY);
-    if parts.method != Method::POST || !small {
-        return Err(e);
-    }
-    let Some(incoming) = body.take() else {
-        return Err(e);
-    };
-    match tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        read_body(incoming, MAX_RPC_BODY as usize),
-    )
-    .await
-    {
-        Ok(Ok(bytes)) => elicit(e, &bytes, &url, tenant, integration),
-        _ => Err(e),
-    }
-}
-
-/// [`consent_required`] for a request whose body was kept (after an upstream
-/// 401 whose refresh found the grant gone).
-pub async fn consent_required_kept(
-    state: &AppState,
-    e: ProxyError,
-    tenant: &str,
-    integration: &str,
-    method: &Method,
-    kept: &[u8],
-) -> Result<Response<Body>, ProxyError> {
-    let (e, url) = with_connect_url(state, e, tenant, integration).await;
-    match url {
-        Some(url) if method == Method::POST => elicit(e, kept, &url, tenant, integration),
-        _ => Err(e),
-    }
-}
-
-async fn with_connect_url(
-    state: &AppState,
-    e: ProxyError,
-    tenant: &str,
-    integration: &str,
-) -> (ProxyError, Option<String>) {
-    let url = state.connect.connect_url(state, tenant, integration).await;
-    let e = match e {
-        ProxyError::IntegrationNotConnected { .. } => ProxyError::IntegrationNotConnected {
-            connect_url: url.clone(),
-        },
-        ProxyError::ReauthorizationRequired { .. } => ProxyError::ReauthorizationRequired {
-            connect_url: url.clone(),
-        },
-        other => other,
-    };
-    (e, url)
-}
-
-/// The -32042 answer when `body` is one JSON-RPC request with an id, else `e`.
-fn elicit(
-    e: ProxyError,
-    body: &[u8],
-    url: &str,
-    tenant: &str,
-    integration: &str,
-) -> Result<Response<Body>, ProxyError> {
-    let Ok(serde_json::Value::Object(msg)) = serde_json::from_slice::<serde_json::Value>(body)
-    else {
-        return Err(e);
-    };
-    let id = match msg.get("id") {
-        Some(id @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => id.clone(),
-        _ => return Err(e),
-    };
-    if msg.get("jsonrpc").and_then(|v| v.as_str()) != Some("2.0")
-        || !msg.get("method").is_some_and(|m| m.is_string())
-    {
-        return Err(e);
-    }
-    let message = if matches!(e, ProxyError::ReauthorizationRequired { .. }) {
-        format!("Reconnect {integration}: its authorization for tenant {tenant} has ended.")
-    } else {
-        format!("Connect {integration} for tenant {tenant} to continue.")
-    };
-    let answer = json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {
-            "code": -32042,
-            "message": "URL elicitation required",
-            "data": { "elicitations": [{
-                "mode": "url",
-                "elicitationId": uuid::Uuid::new_v4().to_string(),
-                "url": url,
-                "message": message,
-            }]},
-        },
-    });
-    Ok(crate::http::json_response(StatusCode::OK, &answer))
 }
 
 #[cfg(test)]
