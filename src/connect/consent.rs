@@ -136,3 +136,55 @@ fn elicit(
     });
     Ok(crate::http::json_response(StatusCode::OK, &answer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn not_connected() -> ProxyError {
+        ProxyError::IntegrationNotConnected {
+            connect_url: Some("https://g/connect/gh?link=x".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_request_with_an_id_gets_32042() {
+        for (body, id) in [
+            (
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#,
+                json!(7),
+            ),
+            (r#"{"jsonrpc":"2.0","id":"a","method":"x"}"#, json!("a")),
+        ] {
+            let resp = elicit(not_connected(), body.as_bytes(), "https://u", "t", "gh").unwrap();
+            assert_eq!(resp.status(), 200);
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["id"], id);
+            assert_eq!(v["error"]["code"], -32042);
+            let e = &v["error"]["data"]["elicitations"][0];
+            assert_eq!(e["mode"], "url");
+            assert_eq!(e["url"], "https://u");
+            assert!(e["elicitationId"].as_str().is_some_and(|s| !s.is_empty()));
+        }
+    }
+
+    #[test]
+    fn anything_else_keeps_the_error() {
+        for body in [
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            "not json",
+        ] {
+            let e = elicit(not_connected(), body.as_bytes(), "https://u", "t", "gh").unwrap_err();
+            assert!(
+                matches!(e, ProxyError::IntegrationNotConnected { .. }),
+                "{body}"
+            );
+        }
+    }
+}

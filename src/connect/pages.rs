@@ -59,7 +59,7 @@ td .muted{margin-top:2px}
 .icon{width:44px;height:44px;border-radius:50%;display:grid;place-items:center;font-size:22px;margin-bottom:12px;background:#edf2ff;color:var(--brand)}
 .icon.ok{background:#ebfbee;color:var(--ok)}
 .icon.bad{background:#fff4e6;color:var(--warn)}
-footer{max-width:880px;margin:24px auto;padding:0 24px;color:var(--muted);font-size:12px}
+footer{max-width:880px;margin:24px auto;padding:0 24px;color:var(--muted);font-size:12px;text-align:center}
 "#;
 
 /// A whole page around `body` (already escaped HTML).

@@ -26,6 +26,7 @@ from connect_support import (
     forms,
     provider_walk,
     query,
+    screenshot,
     start_flow,
     use_provider,
 )
@@ -223,6 +224,7 @@ def test_provider_error_text_is_escaped_in_the_browser(world: tuple[Credgate, Co
         driver.get(f"{gate.url}/connect/callback?" + urlencode({"state": state, "error": evil, "iss": provider.issuer}))
         text = driver.find_element(By.TAG_NAME, "body").text
         assert evil in text, text  # shown as text
+        screenshot(driver, tmp_path, "connect-error-page")
         assert not driver.find_elements(By.CSS_SELECTOR, "main script, main img")
         try:
             driver.switch_to.alert
