@@ -7,7 +7,8 @@ while the provider's introspection endpoint calls it active.
 Covered: the whole browser flow (link → page → provider login and consent → callback →
 proxied call carrying the provider's token → 401 → refresh rotates it); what the GET page
 and the Connect POST do and send; disconnect revoking at the provider (RFC 7009), and a
-failed revocation deleting anyway; two replicas (flow started on one, callback on the other).
+failed revocation deleting anyway; two replicas (flow started on one, callback on the other),
+on the embedded store file and on OpenBao, where one callback raced on both is redeemed once.
 """
 
 from __future__ import annotations
@@ -241,3 +242,48 @@ def test_replicas_flow_started_on_one_callback_on_the_other(
         a.stop()
         replica_provider.close()
 
+
+
+def test_replicas_on_openbao_redeem_a_racing_callback_once(tmp_path: Path, guarded_echo: EchoUpstream) -> None:
+    """Two replicas on one OpenBao (the production store): the same callback delivered to
+    both at once is redeemed by exactly one (KV v2 check-and-set), and either serves it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_vault import OpenBao
+
+    bao = OpenBao(tmp_path)
+    vault = {"backend": "vault", "sync_interval_seconds": 1, "vault": {"address": bao.url, "timeout_ms": 2000, "max_retries": 1}}
+    a = connect_gate(tmp_path / "a", guarded_echo.url)
+    b = connect_gate(tmp_path / "b", guarded_echo.url, replica_of=a)
+    b.public_url = a.url
+    provider = ConnectProvider(tmp_path, [callback_url(a)])
+    for g in (a, b):
+        use_provider(g, provider)
+        g.extra_sections["store"] = vault
+        g.extra_env["VAULT_TOKEN"] = bao.token
+    try:
+        a.start()
+        b.start()
+        tenant = unique("vrep")
+        with browser_client() as client:
+            authorize = start_flow(client, connect_link(b, tenant))
+            back = provider_walk(client, authorize, callback_url(a))
+            binder = next(c.value for c in client.cookies.jar if c.name == "credgate_flow")
+
+        def deliver(gate: Credgate) -> int:
+            with browser_client() as c:
+                c.cookies.set("credgate_flow", binder)
+                return c.get(back.replace(a.url, gate.url, 1)).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            codes = sorted(pool.map(deliver, [a, b, a, b]))
+        assert codes == [200, 400, 400, 400], codes
+        assert len(provider.code_redemptions()) == 1, provider.code_redemptions()
+        for g in (a, b):
+            meta = g.admin("GET", f"/api/admin/credentials/{tenant}/gh")
+            assert meta.status_code == 200 and meta.json()["status"] == "active", describe(meta)
+    finally:
+        b.stop()
+        a.stop()
+        provider.close()
+        bao.close()
