@@ -141,14 +141,14 @@ async fn forward(
 
     let credential = match state.credentials.get(&tenant, &route.integration).await {
         Ok(c) => c,
-        // Rare: boxed so the success path's future stays small.
-        Err(e) if crate::connect::asks_for_consent(&e) => {
-            let (tenant, integration) = (&tenant, &route.integration);
-            let answer =
-                crate::connect::consent_required(state, e, tenant, integration, &parts, body);
-            return Box::pin(answer).await;
+        // Boxed: rare, and the success path's future stays small.
+        Err(e) => {
+            let (t, i) = (&tenant, &route.integration);
+            return Box::pin(crate::connect::consent_required(
+                state, e, t, i, &parts, body,
+            ))
+            .await;
         }
-        Err(e) => return Err(e),
     };
     let parts = upstream::upstream_parts(
         parts,
@@ -247,19 +247,11 @@ async fn after_unauthorized(
         .await
     {
         Ok(f) => f,
-        Err(e) if crate::connect::asks_for_consent(&e) => {
-            let integration = &route.integration;
-            return crate::connect::consent_required_kept(
-                state,
-                e,
-                tenant,
-                integration,
-                &method,
-                &kept,
-            )
-            .await;
+        Err(e) => {
+            let i = &route.integration;
+            return crate::connect::consent_required_kept(state, e, tenant, i, &method, &kept)
+                .await;
         }
-        Err(e) => return Err(e),
     };
     let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);

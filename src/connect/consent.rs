@@ -27,6 +27,7 @@ pub fn asks_for_consent(e: &ProxyError) -> bool {
 /// JSON-RPC request with an id, HTTP 200 with JSON-RPC error -32042 (URL
 /// elicitation required) carrying the link. Reads the request body only when
 /// it is a small POST body of known length; anything else gets the plain 403.
+/// Any other error is returned as it is.
 pub async fn consent_required(
     state: &AppState,
     e: ProxyError,
@@ -35,6 +36,9 @@ pub async fn consent_required(
     parts: &http::request::Parts,
     body: &mut Option<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
+    if !asks_for_consent(&e) {
+        return Err(e);
+    }
     let (e, url) = with_connect_url(state, e, tenant, integration).await;
     let Some(url) = url else { return Err(e) };
     let small = body
@@ -68,6 +72,9 @@ pub async fn consent_required_kept(
     method: &Method,
     kept: &[u8],
 ) -> Result<Response<Body>, ProxyError> {
+    if !asks_for_consent(&e) {
+        return Err(e);
+    }
     let (e, url) = with_connect_url(state, e, tenant, integration).await;
     match url {
         Some(url) if method == Method::POST => elicit(e, kept, &url, tenant, integration),
