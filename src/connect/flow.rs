@@ -41,7 +41,7 @@ fn pending_path(state: &str) -> String {
     format!("_credgate/connect/pending/{state}")
 }
 
-/// A state value as credgate makes them: 32 random bytes, base64url.
+/// A state or binder value as credgate makes them: 32 random bytes, base64url.
 fn well_formed_state(s: &str) -> bool {
     s.len() == 43
         && s.bytes()
@@ -141,8 +141,9 @@ pub async fn start(
     sweep(store).await;
     let flow_state = random_token(32);
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    // Reused when this browser already has one (two tabs, two flows).
     let binder = cookie(headers, BINDER_COOKIE)
-        .filter(|b| b.len() == 43)
+        .filter(|b| well_formed_state(b))
         .map(str::to_owned)
         .unwrap_or_else(|| random_token(32));
     let path = pending_path(&flow_state);
