@@ -174,6 +174,8 @@ pub struct Row {
     pub updated: String,
     pub can_connect: bool,
     pub connected: bool,
+    /// Has a refresh token (else Refresh now could only fail).
+    pub refreshable: bool,
     /// Where to connect when credgate cannot (the integration's static `connect_url`).
     pub elsewhere: Option<String>,
 }
@@ -209,8 +211,10 @@ pub fn settings(tenant: &str, rows: &[Row], csrf: &str, notice: Option<(&str, bo
                 esc(href)
             ));
         }
-        if r.connected {
+        if r.refreshable {
             ops.push_str(&form("refresh", "Refresh now", "ghost"));
+        }
+        if r.connected {
             ops.push_str(&form("disconnect", "Disconnect", "danger"));
         }
         let detail = if r.connected {

@@ -133,6 +133,7 @@ pub async fn page(
             updated,
             can_connect: state.connect.can_connect(integration),
             connected,
+            refreshable: summary.as_ref().is_some_and(|s| s.has_refresh_token),
             elsewhere: state
                 .connect
                 .app(integration)
