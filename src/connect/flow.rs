@@ -499,6 +499,63 @@ pub async fn revoke(state: &AppState, c: &Connect, tenant: &str, integration: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-shot HTTP server answering `head` and `body_len` bytes; counts requests.
+    async fn server(
+        head: &'static str,
+        body_len: usize,
+    ) -> (String, tokio::task::JoinHandle<usize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let mut served = 0;
+            while let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(std::time::Duration::from_millis(500), l.accept()).await
+            {
+                served += 1;
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(format!("{head}\r\ncontent-length: {body_len}\r\n\r\n").as_bytes())
+                    .await;
+                let _ = s.write_all(&vec![b'a'; body_len]).await;
+            }
+            served
+        });
+        (url, task)
+    }
+
+    /// The client credgate's provider calls use.
+    fn client() -> reqwest::Client {
+        super::super::provider_http(crate::tls::client_config(None).unwrap()).unwrap()
+    }
+
+    fn request(url: &str) -> HttpRequest {
+        http::Request::post(url)
+            .body(b"grant_type=x".to_vec())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn provider_answers_over_64_kib_are_refused() {
+        let (url, _) = server("HTTP/1.1 200 OK", MAX_PROVIDER_ANSWER + 1).await;
+        let err = capped(&client(), request(&url)).await.unwrap_err();
+        assert!(err.to_string().contains("64 KiB"), "{err}");
+        let (url, _) = server("HTTP/1.1 200 OK", 1000).await;
+        assert_eq!(
+            capped(&client(), request(&url)).await.unwrap().body().len(),
+            1000
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (url, task) = server("HTTP/1.1 302 Found\r\nlocation: /elsewhere", 0).await;
+        let resp = capped(&client(), request(&url)).await.unwrap();
+        assert_eq!(resp.status(), 302);
+        assert_eq!(task.await.unwrap(), 1, "the redirect was followed");
+    }
 
     #[test]
     fn state_shape() {

@@ -123,13 +123,7 @@ pub struct Connect {
 
 impl Connect {
     pub fn new(config: &Config, tls: rustls::ClientConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            // A provider endpoint that redirects could take the secret elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(PROVIDER_TIMEOUT)
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
+        let http = provider_http(tls)?;
         let public_url = config.proxy.public_url.clone();
         let redirect_uri = RedirectUrl::new(format!("{public_url}/connect/callback"))
             .map_err(|e| format!("proxy.public_url: {e}"))?;
@@ -217,6 +211,17 @@ impl Connect {
         self.app(integration)
             .and_then(|a| a.cfg.connect_url.clone())
     }
+}
+
+/// The client for provider calls: bounded in time, never following a redirect
+/// (a provider endpoint that redirects could take the secret elsewhere).
+fn provider_http(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(PROVIDER_TIMEOUT)
+        .build()
+        .map_err(|e| format!("http client: {e}"))
 }
 
 /// Checks an integration's connect keys (config validation).
