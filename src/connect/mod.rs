@@ -433,7 +433,7 @@ async fn dispatch(state: &AppState, req: Request<Incoming>) -> Result<Response<B
             let form = read_form(&parts.headers, body).await?;
             settings::action(state, &integration, &action, &form, &parts.headers).await
         }
-        (["connect", ..] | ["settings", ..], _) if segments.len() <= 3 => Err(PageError::new(
+        (["connect", _] | ["settings"] | ["settings", _, _], _) => Err(PageError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "Not allowed",
             "This page does not take that kind of request.",

@@ -207,6 +207,15 @@ def test_one_tenant_never_sees_or_touches_another(world: tuple[Credgate, Connect
         assert r.status_code == 401
         r = nobody.get(f"{gate.url}/settings/open", params={"link": "v1.e30.AAAA"})
         assert r.status_code == 400 and "set-cookie" not in r.headers
+        for method, path, status in (
+            ("GET", "/connect", 404),
+            ("GET", "/settings/nothing", 404),
+            ("DELETE", "/connect/gh", 405),
+            ("GET", "/settings/gh/disconnect", 405),
+            ("POST", "/settings", 405),
+        ):
+            r = nobody.request(method, f"{gate.url}{path}")
+            assert r.status_code == status and r.headers["content-type"].startswith("text/html"), (path, r.status_code)
 
 
 def test_static_connect_url_when_credgate_cannot_connect(world: tuple[Credgate, ConnectProvider]) -> None:
