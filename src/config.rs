@@ -804,6 +804,7 @@ client_id = "c"
         assert!(err.to_string().contains("needs token_url"), "{err}");
         let callback = "[integrations.callback]\nauthorize_url = \"https://p/auth\"\ntoken_url = \"https://p/t\"\nclient_id = \"c\"\n";
         assert!(Config::from_toml_with_env(callback, env(&[])).is_err());
+        assert!(Config::from_toml_with_env("[integrations.connect]\n", env(&[])).is_err());
         for prefix in ["/connect", "/settings", "/connect/x"] {
             let text = format!(
                 "[[routes]]\nintegration = \"a\"\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:1\"\n"

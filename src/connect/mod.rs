@@ -247,6 +247,10 @@ pub fn validate_integration(id: &str, i: &IntegrationConfig) -> Result<(), Strin
             "integrations.{id}: authorize_url needs token_url and client_id"
         ));
     }
+    if id == "connect" {
+        // `connect` is the `route` label of the connect pages' metrics.
+        return Err("integrations.connect: `connect` is a reserved name".into());
+    }
     if i.authorize_url.is_some() && id == "callback" {
         return Err("integrations.callback: `callback` cannot be connected (its connect page would be /connect/callback)".into());
     }
