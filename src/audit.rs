@@ -26,6 +26,10 @@ pub enum AuditKind {
     SigningKeyRotated,
     CredentialStored,
     CredentialDeleted,
+    /// A credential obtained through the connect flow (docs/connect.md).
+    CredentialConnected,
+    /// The provider did not confirm a disconnect's RFC 7009 revocation.
+    RevocationFailed,
     RefreshSuccess,
     RefreshRetry,
     RefreshFailed,

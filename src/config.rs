@@ -413,8 +413,19 @@ pub struct IntegrationConfig {
     /// Environment variable holding the OAuth app secret; default
     /// `<INTEGRATION>_CLIENT_SECRET`.
     pub client_secret_env: Option<String>,
-    /// Shown to callers in `INTEGRATION_NOT_CONNECTED` errors.
+    /// Shown to callers in `INTEGRATION_NOT_CONNECTED` errors when credgate
+    /// cannot mint a connect link itself (no `authorize_url`).
     pub connect_url: Option<String>,
+    /// Scopes requested when a tenant connects (docs/connect.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// RFC 7009 endpoint: a disconnect revokes the token there first.
+    pub revocation_url: Option<String>,
+    /// When set, the connect callback's `iss` must equal it (RFC 9207).
+    pub issuer: Option<String>,
+    /// Extra authorization request parameters (`access_type`, `prompt`, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorize_params: BTreeMap<String, String>,
 }
 
 impl IntegrationConfig {
@@ -666,6 +677,7 @@ impl Config {
                     "integrations.{id}: grant = \"client_credentials\" needs token_url and client_id"
                 ));
             }
+            crate::connect::validate_integration(id, i).map_err(ConfigError::Invalid)?;
         }
         for id in self.rate_limit.tenants.keys() {
             ids::validate(id).map_err(|e| ConfigError::Invalid(format!("rate_limit: {e}")))?;
@@ -701,6 +713,7 @@ impl Config {
                     if p.starts_with("/oauth")
                         || p.starts_with("/.well-known")
                         || p.starts_with("/api/admin")
+                        || crate::connect::is_own_path(p)
                     {
                         return invalid(format!("{at}: path_prefix `{p}` is reserved"));
                     }
@@ -772,7 +785,7 @@ pub fn check_log_filter(filter: &str) -> Result<(), String> {
 
 /// Integration names that are values of the metrics' `route` label for credgate's own
 /// endpoints; an integration of that name would be indistinguishable in the metrics.
-pub const RESERVED_INTEGRATIONS: &[&str] = &["admin", "oauth", "none"];
+pub const RESERVED_INTEGRATIONS: &[&str] = &["admin", "oauth", "none", "connect"];
 
 fn reserved_integration(id: &str, at: &str) -> Result<(), ConfigError> {
     if RESERVED_INTEGRATIONS.contains(&id) {
@@ -949,6 +962,52 @@ path_prefix = "/a/""#,
     }
 
     #[test]
+    fn connect_keys_are_validated() {
+        let base = r#"[integrations.gh]
+token_url = "https://p/token"
+client_id = "c"
+"#;
+        let ok = format!(
+            "{base}authorize_url = \"https://p/auth\"\nscopes = [\"repo\", \"read:user\"]\nrevocation_url = \"https://p/revoke\"\nissuer = \"https://p\"\nauthorize_params = {{ prompt = \"consent\" }}\n"
+        );
+        let c = Config::from_toml_with_env(&ok, env(&[])).unwrap();
+        let gh = &c.integrations["gh"];
+        assert_eq!(gh.scopes, ["repo", "read:user"]);
+        assert_eq!(gh.authorize_params["prompt"], "consent");
+        for (bad, why) in [
+            ("authorize_url = \"ftp://p/auth\"", "http(s) URL"),
+            ("revocation_url = \"p/revoke\"", "http(s) URL"),
+            ("issuer = \"p\"", "http(s) URL"),
+            ("connect_url = \"javascript:alert(1)\"", "http(s) URL"),
+            ("scopes = [\"a b\"]", "not a scope token"),
+            ("authorize_params = { state = \"x\" }", "set by credgate"),
+            (
+                "authorize_params = { redirect_uri = \"x\" }",
+                "set by credgate",
+            ),
+            ("unknown_key = 1", "unknown field"),
+        ] {
+            let text = format!("{base}{bad}\n");
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let no_token_url =
+            "[integrations.gh]\nauthorize_url = \"https://p/auth\"\nclient_id = \"c\"\n";
+        let err = Config::from_toml_with_env(no_token_url, env(&[])).unwrap_err();
+        assert!(err.to_string().contains("needs token_url"), "{err}");
+        let callback = "[integrations.callback]\nauthorize_url = \"https://p/auth\"\ntoken_url = \"https://p/t\"\nclient_id = \"c\"\n";
+        assert!(Config::from_toml_with_env(callback, env(&[])).is_err());
+        assert!(Config::from_toml_with_env("[integrations.connect]\n", env(&[])).is_err());
+        for prefix in ["/connect", "/settings", "/connect/x"] {
+            let text = format!(
+                "[[routes]]\nintegration = \"a\"\npath_prefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:1\"\n"
+            );
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{prefix}: {err}");
+        }
+    }
+
+    #[test]
     fn route_errors_name_the_index_and_addresses_get_a_hint() {
         let text = "[[routes]]\nintegration = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://127.0.0.1:1\"\n[[routes]]\nintegration = \"b\"\npath_prefix = \"/b\"\n";
         let err = Config::from_toml_with_env(text, env(&[])).unwrap_err();
@@ -994,6 +1053,10 @@ path_prefix = "/a/""#,
             auth_method: ClientAuthMethod::default(),
             client_secret_env: None,
             connect_url: None,
+            scopes: Vec::new(),
+            revocation_url: None,
+            issuer: None,
+            authorize_params: BTreeMap::new(),
         };
         assert_eq!(i.client_secret_env("my-app"), "MY_APP_CLIENT_SECRET");
     }

@@ -449,10 +449,10 @@ impl Credentials {
             }
         };
         if cached.status == Status::ReauthorizationRequired {
-            return Err(ProxyError::ReauthorizationRequired);
+            return Err(ProxyError::ReauthorizationRequired { connect_url: None });
         }
         if !usable_at(cached.expires_at, now) {
-            return Err(ProxyError::ReauthorizationRequired);
+            return Err(ProxyError::ReauthorizationRequired { connect_url: None });
         }
         Ok(cached)
     }

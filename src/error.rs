@@ -72,7 +72,7 @@ pub enum ProxyError {
     #[error("integration not connected")]
     IntegrationNotConnected { connect_url: Option<String> },
     #[error("reauthorization required")]
-    ReauthorizationRequired,
+    ReauthorizationRequired { connect_url: Option<String> },
     #[error("credential refresh failed")]
     CredentialRefreshFailed { retry_after_secs: u64 },
     #[error("not found")]
@@ -131,7 +131,7 @@ impl ProxyError {
             ProxyError::IntegrationNotConnected { .. } => {
                 (StatusCode::FORBIDDEN, "INTEGRATION_NOT_CONNECTED")
             }
-            ProxyError::ReauthorizationRequired => {
+            ProxyError::ReauthorizationRequired { .. } => {
                 (StatusCode::FORBIDDEN, "REAUTHORIZATION_REQUIRED")
             }
             ProxyError::CredentialRefreshFailed { .. } => {
@@ -175,7 +175,7 @@ impl ProxyError {
             ProxyError::IntegrationNotConnected { .. } => {
                 "Tenant has no credential for this integration".into()
             }
-            ProxyError::ReauthorizationRequired => {
+            ProxyError::ReauthorizationRequired { .. } => {
                 "The upstream credential cannot be refreshed; reauthorize the integration".into()
             }
             ProxyError::CredentialRefreshFailed { .. } => {
@@ -199,6 +199,9 @@ impl ProxyError {
             ProxyError::Forbidden { details, .. } if !details.is_null() => Some(details.clone()),
             ProxyError::InsufficientScope { scope, .. } => Some(json!({ "required_scope": scope })),
             ProxyError::IntegrationNotConnected {
+                connect_url: Some(url),
+            }
+            | ProxyError::ReauthorizationRequired {
                 connect_url: Some(url),
             } => Some(json!({ "connect_url": url })),
             ProxyError::PayloadTooLarge { limit } => Some(json!({ "limit": limit })),

@@ -25,6 +25,7 @@
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
 //! - [`admin`]: the admin API.
+//! - [`connect`]: connect links, the authorization-code flow, the settings page.
 //! - [`tls`]: rustls server (reloading certificates) and client configs.
 //! - [`ops`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: OpenTelemetry traces over OTLP/HTTP.
@@ -35,6 +36,7 @@ pub mod audit;
 pub mod client_addr;
 pub mod config;
 pub mod conn_limits;
+pub mod connect;
 pub mod credentials;
 pub mod error;
 pub mod http;

@@ -157,11 +157,22 @@ async fn forward(
         return Err(ProxyError::PayloadTooLarge { limit });
     }
 
-    let credential = telemetry::in_span(
+    let credential = match telemetry::in_span(
         "credential lookup",
         state.credentials.get(&tenant, &route.integration),
     )
-    .await?;
+    .await
+    {
+        Ok(c) => c,
+        // Boxed: rare, and the success path's future stays small.
+        Err(e) => {
+            let (t, i) = (&tenant, &route.integration);
+            return Box::pin(crate::connect::consent_required(
+                state, e, t, i, &parts, body,
+            ))
+            .await;
+        }
+    };
     let mut parts = upstream::upstream_parts(
         parts,
         &Forward {
@@ -266,10 +277,18 @@ async fn after_unauthorized(
         return Ok(resp);
     };
     drop(resp);
-    let fresh = state
+    let fresh = match state
         .credentials
         .refresh_after_unauthorized(tenant, &route.integration, used)
-        .await?;
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => {
+            let i = &route.integration;
+            return crate::connect::consent_required_kept(state, e, tenant, i, &method, &kept)
+                .await;
+        }
+    };
     let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);
     let mut retry = Request::new(full(kept));

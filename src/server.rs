@@ -368,6 +368,8 @@ async fn dispatch(
         state.finish("oauth", started, resp)
     } else if path == "/api/admin" || path.starts_with("/api/admin/") {
         Box::pin(admin::handle(state, req, conn.peer, rid)).await
+    } else if crate::connect::is_own_path(path) {
+        Box::pin(crate::connect::handle(state, req)).await
     } else {
         proxy::handle(state, req, &conn, rid).await
     }

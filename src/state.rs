@@ -65,6 +65,8 @@ pub struct AppState {
     pub authority: Arc<Authority>,
     pub credentials: Arc<Credentials>,
     pub upstream: upstream::Client,
+    /// Connect links, the connect flow and the settings page.
+    pub connect: crate::connect::Connect,
 }
 
 /// The shortest bootstrap admin token accepted at start-up.
@@ -139,7 +141,10 @@ impl AppState {
             Duration::from_secs(config.store.sync_interval_seconds),
             &metrics,
         ));
+        let connect = crate::connect::Connect::new(&config, tls_client.clone())
+            .map_err(StartError::Config)?;
         Ok(AppState {
+            connect,
             live: ArcSwap::from_pointee(
                 Live::new(&config, None, &metrics).map_err(StartError::Config)?,
             ),
@@ -160,6 +165,7 @@ impl AppState {
     pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, String> {
         let live = Live::new(new, Some(&self.live.load()), &self.metrics)?;
         self.credentials.refresher().reload_providers(new)?;
+        self.connect.reload(new);
         self.live.store(Arc::new(live));
         self.authority.reload_routes(new);
         let c = &self.config;

@@ -59,7 +59,9 @@ pub async fn handle(
     }
 }
 
-fn parse(body: &Bytes, actor: &str) -> Result<Credential, ProxyError> {
+/// Reads a token response (or `{apiKey}`) into a credential: what the PUT
+/// takes, and what a connect callback's provider answer becomes.
+pub(crate) fn parse(body: &[u8], actor: &str) -> Result<Credential, ProxyError> {
     let b: PutBody = serde_json::from_slice(body)
         .map_err(|e| ProxyError::bad_request(format!("invalid JSON body: {e}")))?;
     let now = OffsetDateTime::now_utc();
@@ -124,13 +126,53 @@ async fn put(
              stored for it would never be used (check the name, or add a route first)"
         )));
     }
+    let (version, created) = store(
+        state,
+        tenant,
+        integration,
+        &credential,
+        actor,
+        AuditKind::CredentialStored,
+    )
+    .await?;
+    // The answer is what a GET right after shows (same `updatedAt`).
+    let store = state.credentials.store().as_ref();
+    let meta = match credentials::load_summary(store, tenant, integration).await {
+        Ok(Some(summary)) => summary.to_json(tenant, integration, OffsetDateTime::now_utc()),
+        _ => credentials::Summary::of(&credential, version, String::new()).to_json(
+            tenant,
+            integration,
+            OffsetDateTime::now_utc(),
+        ),
+    };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &json!({ "success": true, "message": "Credential stored", "credential": meta }),
+    ))
+}
+
+/// Stores a credential, replacing any earlier one, and schedules its refresh;
+/// audits `kind`. Returns the new version and whether it is the first.
+pub(crate) async fn store(
+    state: &AppState,
+    tenant: &str,
+    integration: &str,
+    credential: &Credential,
+    actor: &str,
+    kind: AuditKind,
+) -> Result<(u64, bool), ProxyError> {
     let store = state.credentials.store().as_ref();
     let path = credentials::record_path(tenant, integration);
     let current = store.read(&path).await.map_err(|e| store_error(&e))?;
     let cas = current
         .as_ref()
         .map_or(Cas::Absent, |r| Cas::Version(r.version));
-    let version = credentials::save(store, tenant, integration, &credential, cas)
+    let version = credentials::save(store, tenant, integration, credential, cas)
         .await
         .map_err(|e| match e {
             StoreError::Conflict => {
@@ -142,9 +184,9 @@ async fn put(
     state
         .credentials
         .refresher()
-        .note_written(tenant, integration, &credential);
+        .note_written(tenant, integration, credential);
     state.audit.record(
-        AuditKind::CredentialStored,
+        kind,
         AuditEvent {
             tenant: Some(tenant),
             integration: Some(integration),
@@ -152,24 +194,7 @@ async fn put(
             ..Default::default()
         },
     );
-    // The answer is what a GET right after shows (same `updatedAt`).
-    let meta = match credentials::load_summary(store, tenant, integration).await {
-        Ok(Some(summary)) => summary.to_json(tenant, integration, OffsetDateTime::now_utc()),
-        _ => credentials::Summary::of(&credential, version, String::new()).to_json(
-            tenant,
-            integration,
-            OffsetDateTime::now_utc(),
-        ),
-    };
-    let status = if current.is_some() {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok(json_response(
-        status,
-        &json!({ "success": true, "message": "Credential stored", "credential": meta }),
-    ))
+    Ok((version, current.is_none()))
 }
 
 /// Whether a route or an `[integrations]` entry names the integration.
@@ -219,6 +244,24 @@ async fn delete(
     integration: &str,
     actor: &str,
 ) -> Result<Response<Body>, ProxyError> {
+    if !remove(state, tenant, integration, actor).await? {
+        return Err(ProxyError::NotFound);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "success": true, "message": "Credential deleted" }),
+    ))
+}
+
+/// Disconnects: revokes the credential at the provider when it has a
+/// `revocation_url` (a failure is logged and audited), then deletes it.
+/// Returns false when there was no credential.
+pub(crate) async fn remove(
+    state: &AppState,
+    tenant: &str,
+    integration: &str,
+    actor: &str,
+) -> Result<bool, ProxyError> {
     let store = state.credentials.store();
     let path = credentials::record_path(tenant, integration);
     if store
@@ -227,8 +270,9 @@ async fn delete(
         .map_err(|e| store_error(&e))?
         .is_none()
     {
-        return Err(ProxyError::NotFound);
+        return Ok(false);
     }
+    crate::connect::flow::revoke(state, &state.connect, tenant, integration, actor).await;
     store.delete(&path).await.map_err(|e| store_error(&e))?;
     state.credentials.invalidate(tenant, integration).await;
     state
@@ -245,8 +289,5 @@ async fn delete(
             ..Default::default()
         },
     );
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "success": true, "message": "Credential deleted" }),
-    ))
+    Ok(true)
 }

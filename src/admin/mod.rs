@@ -3,6 +3,7 @@
 
 pub mod clients;
 pub mod credentials;
+pub mod links;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,6 +105,18 @@ async fn dispatch(
                 http::StatusCode::OK,
                 &serde_json::json!({ "success": true, "message": "Credentials rewrapped", "rewrapped": n }),
             ))
+        }
+        [
+            "tenants",
+            tenant,
+            "integrations",
+            integration,
+            "connect-link",
+        ] if parts.method == http::Method::POST => {
+            links::mint(state, tenant, Some(integration), &body).await
+        }
+        ["tenants", tenant, "settings-link"] if parts.method == http::Method::POST => {
+            links::mint(state, tenant, None, &body).await
         }
         ["oauth", "clients", rest @ ..] => {
             clients::handle(&state.authority, &parts.method, rest, body, actor).await

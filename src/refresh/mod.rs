@@ -91,7 +91,9 @@ impl RefreshError {
 impl From<RefreshError> for ProxyError {
     fn from(e: RefreshError) -> Self {
         match e {
-            RefreshError::Reauthorization => ProxyError::ReauthorizationRequired,
+            RefreshError::Reauthorization => {
+                ProxyError::ReauthorizationRequired { connect_url: None }
+            }
             RefreshError::Provider(_) => ProxyError::CredentialRefreshFailed {
                 retry_after_secs: RETRY_AFTER_SECS,
             },

@@ -190,7 +190,7 @@ pub async fn tick(credentials: &Arc<Credentials>, concurrency: usize) -> usize {
             // The refresher re-noted the new expiry on success.
             Ok(_) => {}
             Err(
-                e @ (ProxyError::ReauthorizationRequired
+                e @ (ProxyError::ReauthorizationRequired { .. }
                 | ProxyError::IntegrationNotConnected { .. }),
             ) => {
                 tracing::info!(tenant = %key.0, integration = %key.1, "scheduled refresh stopped: {e}");
