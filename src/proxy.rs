@@ -230,11 +230,15 @@ async fn after_unauthorized(
         }
         return Ok(resp);
     };
-    drop(resp);
-    let fresh = state
+    let Some(fresh) = state
         .credentials
         .refresh_after_unauthorized(tenant, &route.integration, used)
-        .await?;
+        .await?
+    else {
+        // Refreshed after a 401 moments ago: the upstream's 401 goes back.
+        return Ok(resp);
+    };
+    drop(resp);
     let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);
     let mut retry = Request::new(full(kept));

@@ -14,7 +14,7 @@
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -75,6 +75,10 @@ pub enum RefreshError {
     Provider(String),
     #[error("credential not connected")]
     NotConnected,
+    /// An upstream 401 asked for a refresh within `refresh.min_interval_seconds`
+    /// of the last one it caused: the caller gets the upstream's 401.
+    #[error("refresh after upstream 401 throttled")]
+    Throttled,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -96,6 +100,10 @@ impl From<RefreshError> for ProxyError {
                 retry_after_secs: RETRY_AFTER_SECS,
             },
             RefreshError::NotConnected => ProxyError::IntegrationNotConnected { connect_url: None },
+            // Handled where upstream 401s are; should it surface, it is retriable.
+            RefreshError::Throttled => ProxyError::CredentialRefreshFailed {
+                retry_after_secs: RETRY_AFTER_SECS,
+            },
             RefreshError::Store(e) => credentials::store_error(&e),
         }
     }
@@ -197,7 +205,11 @@ pub struct Refresher {
     metrics: Arc<Metrics>,
     audit: Arc<Audit>,
     due: schedule::DueIndex,
-    before_secs: i64,
+    before_secs: AtomicI64,
+    /// `refresh.min_interval_seconds`, and when an upstream 401 last caused a
+    /// refresh of each credential (`""` as tenant: a minted token).
+    min_interval_secs: AtomicU64,
+    after_unauthorized: Mutex<HashMap<Key, tokio::time::Instant>>,
     /// Integration-wide tokens of `grant = "client_credentials"` integrations,
     /// with the time to renew each.
     minted: Mutex<HashMap<String, (Stored, OffsetDateTime)>>,
@@ -229,16 +241,51 @@ impl Refresher {
             metrics,
             audit,
             due: schedule::DueIndex::default(),
-            before_secs: config.refresh.before_seconds as i64,
+            before_secs: AtomicI64::new(config.refresh.before_seconds as i64),
+            min_interval_secs: AtomicU64::new(config.refresh.min_interval_seconds),
+            after_unauthorized: Mutex::new(HashMap::new()),
             minted: Mutex::new(HashMap::new()),
             minted_version: AtomicU64::new(1),
         })
     }
 
-    /// Takes the integrations of a reloaded config.
+    /// Takes the integrations and `[refresh]` timings of a reloaded config.
     pub fn reload_providers(&self, config: &Config) -> Result<(), String> {
         self.providers.store(Arc::new(providers_of(config)?));
+        self.before_secs
+            .store(config.refresh.before_seconds as i64, Ordering::Relaxed);
+        self.min_interval_secs
+            .store(config.refresh.min_interval_seconds, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether an upstream 401 may refresh this credential now: at most once
+    /// per `refresh.min_interval_seconds`, so an upstream that refuses every
+    /// token cannot turn each request into a provider call. Records the use.
+    fn may_refresh_after_unauthorized(&self, tenant: &str, integration: &str) -> bool {
+        let interval = Duration::from_secs(self.min_interval_secs.load(Ordering::Relaxed));
+        let now = tokio::time::Instant::now();
+        let mut map = self
+            .after_unauthorized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.to_owned(), integration.to_owned());
+        if map
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < interval)
+        {
+            return false;
+        }
+        if map.len() >= 1024 {
+            // Bounded: only credentials within their interval are remembered.
+            map.retain(|_, t| now.duration_since(*t) < interval);
+        }
+        map.insert(key, now);
+        true
+    }
+
+    fn before_secs(&self) -> i64 {
+        self.before_secs.load(Ordering::Relaxed)
     }
 
     /// The scheduled-refresh index.
@@ -249,14 +296,14 @@ impl Refresher {
     /// Whether a credential is within `refresh.before_seconds` of expiry.
     fn due_now(&self, c: &Credential, now: OffsetDateTime) -> bool {
         c.expires_at
-            .is_some_and(|e| (e - now).whole_seconds() <= self.before_secs)
+            .is_some_and(|e| (e - now).whole_seconds() <= self.before_secs())
     }
 
     /// Tells the schedule about a credential just written.
     pub fn note_written(&self, tenant: &str, integration: &str, c: &Credential) {
         let auto = c.auto_refresh && c.status == Status::Active;
         self.due
-            .note(tenant, integration, c.expires_at, auto, self.before_secs);
+            .note(tenant, integration, c.expires_at, auto, self.before_secs());
     }
 
     fn key_lock(&self, tenant: &str, integration: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -285,6 +332,7 @@ impl Refresher {
         let _held = lock.lock().await;
         let mut seen = seen_version;
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        let mut admitted = !matches!(trigger, Trigger::Unauthorized);
         loop {
             let Some(stored) = credentials::load(self.store.as_ref(), tenant, integration).await?
             else {
@@ -308,6 +356,12 @@ impl Refresher {
                 // Another replica refreshed it since this one scheduled it.
                 self.note_written(tenant, integration, &stored.credential);
                 return Ok(stored);
+            }
+            if !admitted {
+                if !self.may_refresh_after_unauthorized(tenant, integration) {
+                    return Err(RefreshError::Throttled);
+                }
+                admitted = true;
             }
             match self.acquire_lease(tenant, integration).await? {
                 Some(lease_version) => {
@@ -440,6 +494,11 @@ impl Refresher {
             && seen.is_none_or(|v| s.version > v)
         {
             return Ok(s);
+        }
+        if matches!(trigger, Trigger::Unauthorized)
+            && !self.may_refresh_after_unauthorized("", integration)
+        {
+            return Err(RefreshError::Throttled);
         }
         let result = self.fetch_minted(integration).await;
         let outcome = if result.is_ok() { "success" } else { "error" };
