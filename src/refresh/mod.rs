@@ -11,6 +11,7 @@
 //! `reauthorization_required`: never a silent failure, never an old token
 //! injected. The window is one store write long.
 
+pub mod provider_http;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,6 +34,7 @@ use crate::config::{ClientAuthMethod, Config, IntegrationGrant};
 use crate::credentials::{self, Credential, Status, Stored, usable_at};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::refresh::provider_http::LimitedClient;
 use crate::store::{Cas, INTERNAL_PREFIX, Store, StoreError};
 
 /// How long a refresh lease holds before another replica may take over.
@@ -156,6 +158,18 @@ fn classify<RE: std::error::Error + 'static>(
         }
         RequestTokenError::Other(e) => RefreshError::Provider(e),
     }
+}
+
+/// A provider's access token, if credgate can inject it: RFC 6750 token
+/// characters only (visible ASCII and space, RFC 6749 VSCHAR). Anything else
+/// would make every later request fail, so it is a refresh failure instead.
+fn injectable(token: &str) -> Result<SecretString, RefreshError> {
+    if token.is_empty() || !token.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(RefreshError::Provider(
+            "provider access token is not a valid header value".into(),
+        ));
+    }
+    Ok(SecretString::from(token.to_owned()))
 }
 
 /// The OAuth apps of the configured integrations that can refresh.
@@ -554,7 +568,7 @@ impl Refresher {
             .client()
             .exchange_client_credentials()
             .add_scopes(p.scopes.iter().cloned())
-            .request_async(&self.http)
+            .request_async(&LimitedClient(&self.http))
             .await
             .map_err(classify)?;
         let lifetime = resp
@@ -563,7 +577,7 @@ impl Refresher {
         let now = OffsetDateTime::now_utc();
         Ok((
             Credential {
-                access_token: SecretString::from(resp.access_token().secret().to_owned()),
+                access_token: injectable(resp.access_token().secret())?,
                 refresh_token: None,
                 expires_at: lifetime.map(|l| now + l),
                 scopes: resp
@@ -597,12 +611,12 @@ impl Refresher {
         let resp = p
             .client()
             .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
-            .request_async(&self.http)
+            .request_async(&LimitedClient(&self.http))
             .await
             .map_err(classify)?;
         let now = OffsetDateTime::now_utc();
         Ok(Credential {
-            access_token: SecretString::from(resp.access_token().secret().to_owned()),
+            access_token: injectable(resp.access_token().secret())?,
             // A provider that does not rotate leaves the old refresh token valid.
             refresh_token: Some(
                 resp.refresh_token()
@@ -721,6 +735,22 @@ impl Refresher {
             .await
         {
             tracing::debug!(error = %e, "refresh lease release failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_header_safe_tokens_are_injectable() {
+        assert!(injectable("gho_abc-._~+/=").is_ok());
+        for bad in ["", "a\r\nX-Evil: 1", "tab\there", "caf\u{e9}", "nul\0"] {
+            assert!(
+                matches!(injectable(bad), Err(RefreshError::Provider(_))),
+                "{bad:?} accepted"
+            );
         }
     }
 }

@@ -125,3 +125,110 @@ def test_upstream_401_storm_refreshes_at_most_once_per_interval(
     r = hgate.proxy("POST", f"/guarded/{unique('s3')}", token, content=b"{}")
     assert r.status_code == 200, describe(r)
     assert len(provider.refresh_calls) - before == 2
+
+
+# ----- item 8: hostile token endpoint answers ---------------------------------------------
+
+
+class HostileTokenEndpoint:
+    """A token endpoint that answers what `answer` says: a stand-in for a broken or hostile
+    provider, which no real provider library would let us send."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[str, bytes] = ("json", b"{}")
+        self.calls = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.calls += 1
+                kind, body = outer.answer
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                if kind == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    try:
+                        for i in range(0, len(body), 16384):
+                            part = body[i : i + 16384]
+                            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                        self.wfile.write(b"0\r\n\r\n")
+                    except OSError:
+                        pass  # credgate stopped reading: that is the point
+                    return
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self._server.daemon_threads = True
+        self.token_url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[HostileTokenEndpoint]:
+    h = HostileTokenEndpoint()
+    yield h
+    h.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_gate(tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream, hostile: HostileTokenEndpoint) -> Iterator[Credgate]:
+    g = _gh_gate(tmp_path_factory.mktemp("hostile"), echo, hostile.token_url, "s3cret")
+    g.routes.append(route("gh", "/plain", echo.url))
+    g.start()
+    yield g
+    g.stop()
+
+
+def _big_answer(n: int) -> bytes:
+    return json.dumps(
+        {"access_token": "a" * n, "token_type": "Bearer", "expires_in": 3600, "refresh_token": "r2"}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "kind,body",
+    [
+        ("length", _big_answer(2 * 1024 * 1024)),
+        ("chunked", _big_answer(2 * 1024 * 1024)),
+        ("length", json.dumps({"access_token": "tok\r\nX-Evil: 1", "token_type": "Bearer", "expires_in": 3600}).encode()),
+        ("length", json.dumps({"access_token": "caf\u00e9\u0001", "token_type": "Bearer", "expires_in": 3600}).encode()),
+    ],
+    ids=["oversize-content-length", "oversize-chunked", "crlf-token", "control-char-token"],
+)
+def test_hostile_provider_answer_is_a_refresh_failure_and_nothing_is_stored(
+    hostile_gate: Credgate, echo: EchoUpstream, hostile: HostileTokenEndpoint, kind: str, body: bytes
+) -> None:
+    """Attack: a provider answers 2 MiB (memory), or a token with CR/LF or control
+    characters (every later request would fail with 500)."""
+    hostile.answer = (kind, body)
+    old = f"old-{secrets.token_hex(8)}"
+    tenant, token = _tenant(hostile_gate, old, "r1")
+    before = hostile_gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()
+    calls = hostile.calls
+    r = hostile_gate.admin("POST", f"/api/admin/credentials/{tenant}/gh/refresh")
+    assert hostile.calls == calls + 1, "the provider was not asked"
+    assert r.status_code == 503, describe(r)
+    after = hostile_gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()
+    assert after["version"] == before["version"] and after["refreshCount"] == before["refreshCount"], (before, after)
+    # the credential credgate had keeps working
+    marker = unique("hp")
+    r = hostile_gate.proxy("GET", f"/plain/{marker}", token)
+    assert r.status_code == 200, describe(r)
+    assert [v for k, v in r.json()["headers"] if k.lower() == "authorization"] == [f"Bearer {old}"]
+    log = hostile_gate.audit_path.read_text()
+    assert "X-Evil" not in log and "a" * 1000 not in log
