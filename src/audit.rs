@@ -29,6 +29,8 @@ pub enum AuditKind {
     RefreshSuccess,
     RefreshRetry,
     RefreshFailed,
+    /// A refreshed pair the store did not take; kept in memory and retried.
+    RefreshPersistFailed,
     AdminAuthFailed,
 }
 

@@ -463,7 +463,9 @@ impl Credentials {
         integration: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Stored>, Failure> {
-        let Some(s) = load(self.store.as_ref(), tenant, integration)
+        let Some(s) = self
+            .refresher
+            .load_current(tenant, integration)
             .await
             .map_err(Failure::Store)?
         else {

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub credential_cache_requests_total: IntCounterVec,
     /// `integration`, `trigger`, `result`.
     pub credential_refresh_total: IntCounterVec,
+    /// `integration`: refreshed pairs the store did not take at once.
+    pub credential_persist_failures_total: IntCounterVec,
     pub rate_limited_total: IntCounter,
     /// `backend`, `op`, `result`.
     pub store_requests_total: IntCounterVec,
@@ -100,6 +102,11 @@ impl Metrics {
                 "credgate_credential_refresh_total",
                 "Upstream credential refreshes",
                 &["integration", "trigger", "result"],
+            ),
+            credential_persist_failures_total: counter(
+                "credgate_credential_persist_failures_total",
+                "Refreshed credentials the store did not take at once (kept in memory, retried)",
+                &["integration"],
             ),
             rate_limited_total,
             store_requests_total: counter(

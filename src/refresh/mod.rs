@@ -11,6 +11,7 @@
 //! `reauthorization_required`: never a silent failure, never an old token
 //! injected. The window is one store write long.
 
+pub mod pending;
 pub mod provider_http;
 pub mod schedule;
 
@@ -228,6 +229,8 @@ pub struct Refresher {
     /// with the time to renew each.
     minted: Mutex<HashMap<String, (Stored, OffsetDateTime)>>,
     minted_version: AtomicU64,
+    /// Refreshed pairs the store did not take yet.
+    unpersisted: pending::Unpersisted,
 }
 
 impl Refresher {
@@ -260,6 +263,7 @@ impl Refresher {
             after_unauthorized: Mutex::new(HashMap::new()),
             minted: Mutex::new(HashMap::new()),
             minted_version: AtomicU64::new(1),
+            unpersisted: pending::Unpersisted::default(),
         })
     }
 
@@ -300,6 +304,18 @@ impl Refresher {
 
     fn before_secs(&self) -> i64 {
         self.before_secs.load(Ordering::Relaxed)
+    }
+
+    /// The credential as credgate should use it: the stored record, or a
+    /// refreshed pair the store has not taken yet (see [`pending`]).
+    pub async fn load_current(
+        &self,
+        tenant: &str,
+        integration: &str,
+    ) -> Result<Option<Stored>, StoreError> {
+        Ok(credentials::load(self.store.as_ref(), tenant, integration)
+            .await?
+            .map(|s| self.unpersisted.overlay(tenant, integration, s)))
     }
 
     /// The scheduled-refresh index.
@@ -348,8 +364,7 @@ impl Refresher {
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         let mut admitted = !matches!(trigger, Trigger::Unauthorized);
         loop {
-            let Some(stored) = credentials::load(self.store.as_ref(), tenant, integration).await?
-            else {
+            let Some(stored) = self.load_current(tenant, integration).await? else {
                 if self.mints_tokens(integration) {
                     drop(_held);
                     return self.minted_token(integration, seen, trigger).await;
@@ -382,7 +397,7 @@ impl Refresher {
                     // Read again under the lease: another replica may have
                     // refreshed between our read and the lease, and the
                     // refresh token we read is then consumed.
-                    let current = credentials::load(self.store.as_ref(), tenant, integration).await;
+                    let current = self.load_current(tenant, integration).await;
                     let current = match current {
                         Ok(Some(c)) if c.version == stored.version => c,
                         Ok(_) => {
@@ -443,9 +458,19 @@ impl Refresher {
         };
         match outcome {
             Ok(fresh) => {
-                let stored = self
-                    .write_refreshed(tenant, integration, stored, fresh)
-                    .await?;
+                let stored = match self
+                    .write_refreshed(tenant, integration, stored.clone(), fresh.clone())
+                    .await
+                {
+                    Ok(written) => {
+                        self.unpersisted.clear(tenant, integration);
+                        written
+                    }
+                    Err(RefreshError::Store(e)) => {
+                        self.keep_unpersisted(tenant, integration, trigger, &stored, fresh, &e)
+                    }
+                    Err(e) => return Err(e),
+                };
                 self.note_written(tenant, integration, &stored.credential);
                 label("success");
                 audit(AuditKind::RefreshSuccess, None);
@@ -477,6 +502,46 @@ impl Refresher {
                 audit(AuditKind::RefreshRetry, Some("provider_error"));
                 Err(e)
             }
+        }
+    }
+
+    /// The provider answered but the store refused the write: the new pair
+    /// is kept and served (the old refresh token is consumed), counted,
+    /// audited, and written in the background.
+    fn keep_unpersisted(
+        &self,
+        tenant: &str,
+        integration: &str,
+        trigger: Trigger,
+        base: &Stored,
+        fresh: Credential,
+        error: &StoreError,
+    ) -> Stored {
+        tracing::warn!(tenant, integration, error = %error,
+            "refreshed credential not persisted; kept in memory, retrying the write");
+        self.metrics
+            .credential_persist_failures_total
+            .with_label_values(&[integration])
+            .inc();
+        self.audit.record(
+            AuditKind::RefreshPersistFailed,
+            AuditEvent {
+                tenant: Some(tenant),
+                integration: Some(integration),
+                actor: Some(trigger.as_str()),
+                reason: Some(match error {
+                    StoreError::Conflict => "conflict",
+                    _ => "store_unavailable",
+                }),
+                ..Default::default()
+            },
+        );
+        self.unpersisted
+            .keep(self.store.clone(), tenant, integration, base, fresh.clone());
+        Stored {
+            credential: fresh,
+            version: base.version,
+            updated_at: base.updated_at.clone(),
         }
     }
 
@@ -666,9 +731,7 @@ impl Refresher {
                     });
                 }
                 Err(StoreError::Conflict) => {
-                    let Some(now) =
-                        credentials::load(self.store.as_ref(), tenant, integration).await?
-                    else {
+                    let Some(now) = self.load_current(tenant, integration).await? else {
                         return Err(RefreshError::NotConnected);
                     };
                     let same_grant = match (

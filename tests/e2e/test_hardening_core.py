@@ -232,3 +232,90 @@ def test_hostile_provider_answer_is_a_refresh_failure_and_nothing_is_stored(
     assert [v for k, v in r.json()["headers"] if k.lower() == "authorization"] == [f"Bearer {old}"]
     log = hostile_gate.audit_path.read_text()
     assert "X-Evil" not in log and "a" * 1000 not in log
+
+
+# ----- item 9: a rotated refresh token survives a failed store write ---------------------
+
+FULL_POLICY = 'path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo", "patch"] }'
+
+
+@pytest.fixture
+def bao(tmp_path):  # noqa: ANN001, ANN201
+    from test_vault import OpenBao
+
+    b = OpenBao(tmp_path)
+    yield b
+    b.close()
+
+
+def test_rotated_refresh_token_survives_a_failed_store_write(
+    tmp_path, echo: EchoUpstream, provider: OAuthProvider, bao  # noqa: ANN001
+) -> None:
+    """Attack/fault: the store refuses the write after the provider rotated the refresh
+    token; dropping the new pair would make the next refresh an invalid_grant."""
+    bao.client.sys.create_or_update_policy("cg", FULL_POLICY)
+    vault_token = bao.client.auth.token.create(policies=["cg"], no_default_policy=False, ttl="1h")["auth"][
+        "client_token"
+    ]
+    g = _gh_gate(
+        tmp_path / "vgate",
+        echo,
+        provider.token_url,
+        provider.client.client_secret,
+        store={
+            "backend": "vault",
+            "sync_interval_seconds": 1,
+            "vault": {"address": bao.url, "timeout_ms": 2000, "max_retries": 1},
+        },
+    )
+    g.extra_env["VAULT_TOKEN"] = vault_token
+    g.start()
+    try:
+        a1, r1 = provider.seed(valid=False)
+        tenant, token = _tenant(g, a1, r1)
+        v_before = bao.client.secrets.kv.v2.read_secret_version(path=f"{tenant}/gh", raise_on_deleted_version=True)[
+            "data"
+        ]["metadata"]["version"]
+        read_only = FULL_POLICY + f'\npath "secret/data/{tenant}/*" {{ capabilities = ["read"] }}'
+
+        def break_store() -> None:
+            bao.client.sys.create_or_update_policy("cg", read_only)
+
+        provider.after_grant = break_store
+        try:
+            r = g.proxy("POST", f"/guarded/{unique('pf')}", token, content=b"{}")
+        finally:
+            provider.after_grant = None
+        assert r.status_code == 200, describe(r)
+        assert len(provider.refreshes_of(r1)) == 1
+        a2 = [v for k, v in r.json()["headers"] if k.lower() == "authorization"][0][7:]
+        assert a2 != a1 and a2 in provider.valid_access
+        assert _metric(g, "credgate_credential_persist_failures_total", integration="gh") >= 1
+        events = [json.loads(x) for x in g.audit_path.read_text().splitlines() if x.strip()]
+        failed = [e for e in events if e.get("event", e.get("kind")) == "refresh-persist-failed"]
+        assert failed and failed[0].get("tenant") == tenant, events[-5:]
+        text = g.audit_path.read_text() + g.logs()
+        assert a2 not in text and r1 not in text, "a secret reached the audit log or the logs"
+        # Past the cache's sync interval the kept pair is still what credgate injects.
+        time.sleep(1.5)
+        r = g.proxy("GET", f"/guarded/{unique('pf2')}", token)
+        assert r.status_code == 200, describe(r)
+        assert [v for k, v in r.json()["headers"] if k.lower() == "authorization"] == [f"Bearer {a2}"]
+        # The store comes back: the background write lands.
+        bao.client.sys.create_or_update_policy("cg", FULL_POLICY)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            meta = g.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()
+            if meta.get("refreshCount") == 1:
+                break
+            time.sleep(0.3)
+        assert meta.get("refreshCount") == 1, meta
+        assert meta["version"] > v_before
+        # The next refresh presents the rotated refresh token, not the consumed one.
+        r = g.admin("POST", f"/api/admin/credentials/{tenant}/gh/refresh")
+        assert r.status_code == 200, describe(r)
+        assert len(provider.refreshes_of(r1)) == 1
+        r2 = [t for t, tok in provider.tokens.items() if tok.access_token == a2][0]
+        assert len(provider.refreshes_of(r2)) == 1
+    finally:
+        g.stop()
