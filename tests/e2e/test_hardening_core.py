@@ -149,6 +149,12 @@ class HostileTokenEndpoint:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 outer.calls += 1
                 kind, body = outer.answer
+                if kind == "redirect":
+                    self.send_response(307)
+                    self.send_header("Location", body.decode())
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 if kind == "chunked":
@@ -319,3 +325,22 @@ def test_rotated_refresh_token_survives_a_failed_store_write(
         assert len(provider.refreshes_of(r2)) == 1
     finally:
         g.stop()
+
+
+# ----- item 15: no outbound client follows a redirect --------------------------------------
+
+
+def test_provider_redirect_is_not_followed(hostile_gate: Credgate, hostile: HostileTokenEndpoint) -> None:
+    """Attack: a token endpoint answers 307 to another server, hoping the client secret and
+    refresh token follow. (The Vault client's twin is tests/vault_store.rs
+    `the_vault_client_never_follows_a_redirect_with_the_token`.)"""
+    elsewhere = HostileTokenEndpoint()
+    try:
+        elsewhere.answer = ("length", json.dumps({"access_token": "stolen", "token_type": "Bearer"}).encode())
+        hostile.answer = ("redirect", elsewhere.token_url.encode())
+        tenant, _ = _tenant(hostile_gate, "old-token", "r1")
+        r = hostile_gate.admin("POST", f"/api/admin/credentials/{tenant}/gh/refresh")
+        assert r.status_code == 503, describe(r)
+        assert elsewhere.calls == 0, "the refresh followed the provider's redirect"
+    finally:
+        elsewhere.close()
