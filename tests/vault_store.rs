@@ -1621,3 +1621,38 @@ async fn the_vault_client_never_follows_a_redirect_with_the_token() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn overwrite_uses_check_and_set_on_a_cas_required_mount() {
+    bounded(async {
+        let (bao, m, store) = setup().await;
+        bao.must(
+            "POST",
+            &format!("{}/config", m.kv),
+            Some(json!({"cas_required": true})),
+        )
+        .await;
+        let data = obj(json!({"changedAt": "now"}));
+        // What revocations and the change marker used to do: refused here.
+        assert!(
+            store
+                .write("_credgate/x", data.clone(), BTreeMap::new(), Cas::Any)
+                .await
+                .is_err()
+        );
+        let path = "_credgate/oauth-changes";
+        assert_eq!(
+            credgate::store::overwrite(&store, path, data.clone())
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            credgate::store::overwrite(&store, path, data)
+                .await
+                .unwrap(),
+            2
+        );
+    })
+    .await;
+}

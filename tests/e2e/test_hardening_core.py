@@ -344,3 +344,45 @@ def test_provider_redirect_is_not_followed(hostile_gate: Credgate, hostile: Host
         assert elsewhere.calls == 0, "the refresh followed the provider's redirect"
     finally:
         elsewhere.close()
+
+
+# ----- item 17: revocations and the change marker on a cas_required mount -----------------
+
+
+def test_revocation_and_change_marker_are_written_with_check_and_set(
+    tmp_path, echo: EchoUpstream, bao  # noqa: ANN001
+) -> None:
+    """Fault: a KV mount with `cas_required=true` refused credgate's unconditional writes,
+    so a revoked token stayed valid and other replicas were not told."""
+    bao.client.secrets.kv.v2.configure(cas_required=True, mount_point="secret")
+    g = Credgate(
+        tmp_path / "casgate",
+        [route("echo", "/echo", echo.url)],
+        {"store": {"backend": "vault", "vault": {"address": bao.url, "timeout_ms": 2000, "max_retries": 1}}},
+        {"VAULT_TOKEN": bao.token},
+    )
+    g.start()
+    try:
+        client = g.create_client(tenant=unique("cas"), integrations=["echo"])
+        token = g.token(client)
+
+        def active() -> bool:
+            r = g.admin("POST", "/oauth/introspect", data={"token": token})
+            assert r.status_code == 200, describe(r)
+            return r.json()["active"]
+
+        assert active()
+        import httpx
+
+        with httpx.Client(timeout=10, trust_env=False) as c:
+            r = c.post(f"{g.url}/oauth/revoke", data={"token": token}, auth=(client.client_id, client.client_secret))
+        assert r.status_code == 200, describe(r)
+        assert not active(), "the revocation was not recorded"
+        kv = bao.client.secrets.kv.v2
+        marker = kv.read_secret_version(path="_credgate/oauth-changes", mount_point="secret", raise_on_deleted_version=True)
+        assert marker["data"]["metadata"]["version"] >= 1
+        revs = kv.list_secrets(path="_credgate/revocations", mount_point="secret")["data"]["keys"]
+        assert len(revs) == 1, revs
+        assert "cannot announce an oauth change" not in g.logs()
+    finally:
+        g.stop()
