@@ -57,7 +57,19 @@ pub async fn handle(
     };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = match forward(state, &live, route, parts, &mut body, conn, request_id).await {
+    // Filled only with `metrics.tenant_label`.
+    let mut tenant = None;
+    let resp = match forward(
+        state,
+        &live,
+        route,
+        parts,
+        (&mut body, &mut tenant),
+        conn,
+        request_id,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             let drained = match body {
@@ -72,7 +84,7 @@ pub async fn handle(
             resp
         }
     };
-    state.finish(&route.integration, started, resp)
+    state.finish_for(&route.integration, tenant.as_deref(), started, resp)
 }
 
 /// Whether the path has a `.` or `..` segment, plain or percent-encoded: the
@@ -102,7 +114,7 @@ async fn forward(
     live: &Live,
     route: &Route,
     parts: http::request::Parts,
-    body: &mut Option<Incoming>,
+    (body, tenant_seen): (&mut Option<Incoming>, &mut Option<Arc<str>>),
     conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
@@ -118,6 +130,9 @@ async fn forward(
         &route.resource_metadata,
     )?;
     let tenant = resolve_tenant(&principal, &parts.headers)?;
+    if state.metrics.tenant_label() {
+        *tenant_seen = Some(tenant.clone());
+    }
     authorize(&principal, route)?;
     let client_ip = client_ip(
         conn.peer.ip(),
@@ -132,7 +147,7 @@ async fn forward(
     }
     live.rate_limits
         .check(&tenant, &principal.client_id)
-        .inspect_err(|_| state.metrics.rate_limited_total.inc())?;
+        .inspect_err(|_| state.metrics.count_rate_limited(&tenant))?;
 
     let limit = state.config.proxy.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|n| n > limit) {

@@ -91,7 +91,7 @@ impl AppState {
         store: Arc<dyn Store>,
         admin_token: Option<SecretString>,
     ) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_tenant_label(config.metrics.tenant_label));
         metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
         let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
         let audit = Arc::new(Audit::open(&config.audit.path)?);
@@ -161,10 +161,20 @@ impl AppState {
 
     /// Records the request metrics for a finished request.
     pub fn finish(&self, route: &str, started: Instant, resp: Response<Body>) -> Response<Body> {
+        self.finish_for(route, None, started, resp)
+    }
+
+    /// [`AppState::finish`] for a request whose tenant is known (counted
+    /// only with `metrics.tenant_label`).
+    pub fn finish_for(
+        &self,
+        route: &str,
+        tenant: Option<&str>,
+        started: Instant,
+        resp: Response<Body>,
+    ) -> Response<Body> {
         let m = &self.metrics;
-        m.http_requests_total
-            .with_label_values(&[route, resp.status().as_str()])
-            .inc();
+        m.count_request(route, resp.status().as_str(), tenant);
         m.http_request_duration_seconds
             .with_label_values(&[route])
             .observe(started.elapsed().as_secs_f64());

@@ -440,9 +440,7 @@ impl Refresher {
         let outcome = self.call_provider(integration, &stored.credential).await;
         let label = |result: &str| {
             self.metrics
-                .credential_refresh_total
-                .with_label_values(&[integration, trigger.as_str(), result])
-                .inc();
+                .count_refresh(integration, trigger.as_str(), result, tenant);
         };
         let audit = |kind: AuditKind, reason: Option<&str>| {
             self.audit.record(
@@ -582,9 +580,7 @@ impl Refresher {
         let result = self.fetch_minted(integration).await;
         let outcome = if result.is_ok() { "success" } else { "error" };
         self.metrics
-            .credential_refresh_total
-            .with_label_values(&[integration, trigger.as_str(), outcome])
-            .inc();
+            .count_refresh(integration, trigger.as_str(), outcome, "");
         let (credential, lifetime) = result.inspect_err(|e| {
             tracing::warn!(integration, error = %e, "client_credentials token request failed");
             self.audit.record(

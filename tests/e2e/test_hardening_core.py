@@ -386,3 +386,41 @@ def test_revocation_and_change_marker_are_written_with_check_and_set(
         assert "cannot announce an oauth change" not in g.logs()
     finally:
         g.stop()
+
+
+# ----- item 16: metrics.tenant_label ---------------------------------------------------------
+
+
+def test_tenant_label_adds_tenant_to_the_three_families(
+    tmp_path, echo: EchoUpstream, provider: OAuthProvider, hgate: Credgate  # noqa: ANN001
+) -> None:
+    """Contract gap: `metrics.tenant_label = true` was parsed and did nothing."""
+    import httpx
+
+    g = _gh_gate(
+        tmp_path / "labelled",
+        echo,
+        provider.token_url,
+        provider.client.client_secret,
+        metrics={"tenant_label": True},
+        **{"rate_limit.default": {"per_second": 1, "burst": 1}},
+    )
+    g.start()
+    try:
+        a1, r1 = provider.seed(valid=True)
+        tenant, token = _tenant(g, a1, r1)
+        assert g.proxy("GET", f"/guarded/{unique('tl')}", token).status_code == 200
+        assert g.proxy("GET", f"/guarded/{unique('tl')}", token).status_code == 429
+        assert g.admin("POST", f"/api/admin/credentials/{tenant}/gh/refresh").status_code == 200
+        text = httpx.get(f"{g.ops_url}/metrics", timeout=5, trust_env=False).text
+        assert f'credgate_http_requests_total{{route="gh",status="200",tenant="{tenant}"}} 1' in text, text
+        assert f'credgate_rate_limited_total{{tenant="{tenant}"}} 1' in text, text
+        assert (
+            f'credgate_credential_refresh_total{{integration="gh",result="success",tenant="{tenant}",trigger="admin"}} 1'
+            in text
+        ), text
+    finally:
+        g.stop()
+    # Without the key, no metric carries a tenant.
+    text = httpx.get(f"{hgate.ops_url}/metrics", timeout=5, trust_env=False).text
+    assert "tenant=" not in text
