@@ -111,7 +111,9 @@ impl Authority {
         }
         let result = async {
             self.clients.reload().await?;
-            if let Some(next) = keys::reload(&*self.store, &self.keys()).await? {
+            if let Some(next) =
+                keys::reload(&*self.store, &self.keys(), keys::Retention::of(&self.oauth)).await?
+            {
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
             }
             self.revocations.reload(&*self.store, jwt::unix_now()).await

@@ -424,3 +424,108 @@ def test_tenant_label_adds_tenant_to_the_three_families(
     # Without the key, no metric carries a tenant.
     text = httpx.get(f"{hgate.ops_url}/metrics", timeout=5, trust_env=False).text
     assert "tenant=" not in text
+
+
+# ----- item 13: private_key_jwt assertions are single-use and short-lived ------------------
+
+
+def _b64u(b: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def test_client_assertion_replay_and_long_lifetime_are_refused(hgate: Credgate) -> None:
+    """Attack: an intercepted (or logged) client assertion replayed for an hour; an
+    assertion without `jti`, or living longer than 5 minutes."""
+    import httpx
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    priv = ed25519.Ed25519PrivateKey.generate()
+    x = priv.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    client = hgate.create_client(
+        tenant=unique("pkj"), integrations=["gh"], jwks={"keys": [{"kty": "OKP", "crv": "Ed25519", "x": _b64u(x), "kid": "k1"}]}
+    )
+    cid = client.client_id
+
+    def assertion(**claims: object) -> str:
+        now = int(time.time())
+        body = {"iss": cid, "sub": cid, "aud": f"{hgate.url}/oauth/token", "iat": now, "exp": now + 300,
+                "jti": secrets.token_hex(16)}
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode(body, pem, algorithm="EdDSA", headers={"kid": "k1"})
+
+    def ask(a: str) -> httpx.Response:
+        with httpx.Client(timeout=10, trust_env=False) as c:
+            return c.post(
+                f"{hgate.url}/oauth/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": a,
+                },
+            )
+
+    a = assertion()
+    assert ask(a).status_code == 200
+    r = ask(a)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client", describe(r)
+    for bad in (assertion(jti=None), assertion(exp=int(time.time()) + 3600, iat=None),
+                assertion(iat=int(time.time()) - 200, exp=int(time.time()) + 200)):
+        r = ask(bad)
+        assert r.status_code == 401 and r.json()["error"] == "invalid_client", describe(r)
+    # a fresh assertion still works
+    assert ask(assertion()).status_code == 200
+
+
+def test_retired_signing_keys_leave_the_jwks_after_retention(tmp_path, echo: EchoUpstream, bao) -> None:  # noqa: ANN001
+    """Contract gap: retired signing keys stayed in the JWKS forever. A rotated-out key is
+    stamped `retiredAt`, kept while any token it signed (static API keys included) may be
+    valid, then deleted. The stamp is moved into the past from outside (hvac) to stand in
+    for a year passing."""
+    import httpx
+    import hvac
+
+    g = Credgate(
+        tmp_path / "keys",
+        [route("echo", "/echo", echo.url)],
+        {"store": {"backend": "vault", "sync_interval_seconds": 1,
+                   "vault": {"address": bao.url, "timeout_ms": 2000, "max_retries": 1}}},
+        {"VAULT_TOKEN": bao.token},
+    )
+    g.start()
+    try:
+        def kids() -> list[str]:
+            return [k["kid"] for k in httpx.get(f"{g.url}/.well-known/jwks.json", timeout=5, trust_env=False).json()["keys"]]
+
+        (old,) = kids()
+        assert g.admin("POST", "/api/admin/oauth/signing-keys/rotate").status_code == 200
+        assert old in kids() and len(kids()) == 2
+        kv = bao.client.secrets.kv.v2
+        rec = kv.read_secret_version(path=f"_credgate/signing-keys/{old}", mount_point="secret",
+                                     raise_on_deleted_version=True)["data"]
+        retired = rec["data"]["retiredAt"]
+        assert abs(retired - time.time()) < 60, rec["data"]
+        # One day ago: a static key (oauth.max_static_key_days = 365) may still be valid.
+        kv.create_or_update_secret(path=f"_credgate/signing-keys/{old}", mount_point="secret",
+                                   secret={**rec["data"], "retiredAt": retired - 86400},
+                                   cas=rec["metadata"]["version"])
+        g.restart()  # a replica reads the stamp as stored (running ones keep the first one)
+        assert old in kids(), "pruned while a static API key it signed may still be valid"
+        rec = kv.read_secret_version(path=f"_credgate/signing-keys/{old}", mount_point="secret",
+                                     raise_on_deleted_version=True)["data"]
+        kv.create_or_update_secret(path=f"_credgate/signing-keys/{old}", mount_point="secret",
+                                   secret={**rec["data"], "retiredAt": retired - 367 * 86400},
+                                   cas=rec["metadata"]["version"])
+        g.restart()
+        assert kids() != [] and old not in kids(), "the expired retired key is still published"
+        assert len(kids()) == 1
+        with pytest.raises(hvac.exceptions.InvalidPath):
+            kv.read_secret_version(path=f"_credgate/signing-keys/{old}", mount_point="secret",
+                                   raise_on_deleted_version=True)
+    finally:
+        g.stop()
