@@ -529,3 +529,30 @@ def test_retired_signing_keys_leave_the_jwks_after_retention(tmp_path, echo: Ech
                                    raise_on_deleted_version=True)
     finally:
         g.stop()
+
+
+# ----- item 14: the embedded store authenticates every record -------------------------------
+
+
+def test_forged_store_record_stops_start_up_naming_the_file(tmp_path, echo: EchoUpstream) -> None:  # noqa: ANN001
+    """Attack: someone who can write the store file but lacks the master key appends a
+    well-formed record (valid frame and CRC) creating an admin client."""
+    import struct
+    import zlib
+
+    g = Credgate(tmp_path / "forge", [route("echo", "/echo", echo.url)])
+    g.start()
+    g.create_client(tenant=unique("fg"), integrations=["echo"])
+    g.stop()
+    entry = json.dumps({"op": "put", "path": "_credgate/clients/cg-evil", "version": 1,
+                        "data": {"clientId": "cg-evil", "scopes": ["admin"], "active": True},
+                        "metadata": {}, "updated_at": "2026-01-01T00:00:00Z"}).encode()
+    length = struct.pack("<I", len(entry))
+    frame = b"CGF1" + length + struct.pack("<I", zlib.crc32(length + entry)) + entry
+    with open(g.store_path, "ab") as f:
+        f.write(frame)
+    with pytest.raises(AssertionError) as failed:
+        g.start()
+    text = str(failed.value)
+    assert "did not become ready (exited" in text, text[-2000:]
+    assert str(g.store_path) in text and "not authenticated" in text, text[-2000:]
