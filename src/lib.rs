@@ -17,6 +17,7 @@
 //! - [`routes`]: the route table.
 //! - [`ratelimit`]: per-tenant and per-client token buckets.
 //! - [`refresh`]: upstream credential refresh: provider calls, single-flight, leases.
+//! - [`reload`]: what a SIGHUP reload applies, and which changed keys need a restart.
 //! - [`upstream`]: the upstream client and header hygiene.
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
@@ -38,6 +39,7 @@ pub mod ops;
 pub mod proxy;
 pub mod ratelimit;
 pub mod refresh;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -133,7 +133,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_tracing(&config);
+            let log_level = init_tracing(&config);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -141,7 +141,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, config_path, admin_token)) {
+            match runtime.block_on(serve(config, config_path, admin_token, log_level)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -153,24 +153,47 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+/// Sets the log filter to a reloaded `log.level`; `None` when `RUST_LOG` is
+/// set (it wins over the file, also on reload).
+type SetLogLevel = Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>;
+
+fn init_tracing(config: &Config) -> SetLogLevel {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_wins = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&config.log.level));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    let set: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync> = match config.log.format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+        LogFormat::Pretty => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |level| {
+                let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+    };
+    (!env_wins).then_some(set)
 }
 
 async fn serve(
     config: Config,
     config_path: PathBuf,
     admin_token: Option<SecretString>,
+    log_level: SetLogLevel,
 ) -> anyhow::Result<()> {
     if admin_token.is_none() {
         tracing::warn!(
@@ -209,7 +232,7 @@ async fn serve(
             limits.live.load().rate_limits.evict_idle();
         }
     });
-    tokio::spawn(reload_on_sighup(state.clone(), config_path));
+    tokio::spawn(reload_on_sighup(state.clone(), config_path, log_level));
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining");
@@ -221,8 +244,9 @@ async fn serve(
 }
 
 /// SIGHUP: re-read the config file; a bad one is logged and the running
-/// config kept.
-async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
+/// config kept. Applies what can be applied live and names every other
+/// changed key (see `credgate::reload`).
+async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf, log_level: SetLogLevel) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -230,12 +254,18 @@ async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
     while hup.recv().await.is_some() {
         match Config::load(&path)
             .map_err(|e| e.to_string())
-            .and_then(|c| state.reload(&c))
-        {
+            .and_then(|c| {
+                let restart = state.reload(&c, log_level.is_some())?;
+                if let Some(set) = &log_level {
+                    set(&c.log.level).map_err(|e| format!("log.level: {e}"))?;
+                }
+                Ok(restart)
+            }) {
             Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
             Ok(restart) => tracing::warn!(
-                needs_restart = ?restart,
-                "configuration reloaded; some changed settings apply only after a restart"
+                needs_restart = %restart.join(", "),
+                "configuration reloaded, except changed settings that apply only after a restart: {}",
+                restart.join(", ")
             ),
             Err(e) => {
                 tracing::error!(error = %e, "new configuration refused; keeping the running one")

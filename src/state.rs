@@ -126,30 +126,22 @@ impl AppState {
         })
     }
 
-    /// Applies a new, already validated config: routes, rate limits and
-    /// integrations take effect for the next request; in-flight requests and
-    /// open streams keep what they started with. Returns the changed settings
-    /// that need a restart (they are not applied).
-    pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, String> {
+    /// Applies a new, already validated config: routes, rate limits,
+    /// integrations and `[refresh]` timings take effect for the next request;
+    /// in-flight requests and open streams keep what they started with.
+    /// Returns every changed key that needs a restart (not applied; see
+    /// [`crate::reload`]). `log_level_live`: whether the caller applies
+    /// `log.level` (it cannot when `RUST_LOG` is set).
+    pub fn reload(&self, new: &Config, log_level_live: bool) -> Result<Vec<String>, String> {
         self.credentials.refresher().reload_providers(new)?;
         let old = self.live.load();
         self.live.store(Arc::new(Live::new(new, Some(&old))));
         self.authority.reload_routes(new);
-        let c = &self.config;
-        let mut restart = Vec::new();
-        if c.proxy.listen != new.proxy.listen || c.ops.listen != new.ops.listen {
-            restart.push("listen addresses");
-        }
-        if c.proxy.public_url != new.proxy.public_url || c.oauth.issuer != new.oauth.issuer {
-            restart.push("public_url / issuer");
-        }
-        if toml::to_string(&c.store).ok() != toml::to_string(&new.store).ok() {
-            restart.push("store");
-        }
-        if toml::to_string(&c.oauth).ok() != toml::to_string(&new.oauth).ok() {
-            restart.push("oauth");
-        }
-        Ok(restart)
+        Ok(crate::reload::needs_restart(
+            &self.config,
+            new,
+            log_level_live,
+        ))
     }
 
     /// Whether `token` is the bootstrap admin token (constant time).

@@ -302,7 +302,8 @@ impl Refresher {
         true
     }
 
-    fn before_secs(&self) -> i64 {
+    /// `refresh.before_seconds` as last (re)loaded.
+    pub fn before_secs(&self) -> i64 {
         self.before_secs.load(Ordering::Relaxed)
     }
 

@@ -232,8 +232,13 @@ pub async fn start(
             }
             if rescan {
                 let store = credentials.store().clone();
-                if let Err(e) =
-                    scan(store.as_ref(), credentials.refresher().due(), before_secs).await
+                if let Err(e) = scan(
+                    store.as_ref(),
+                    credentials.refresher().due(),
+                    // Live: a SIGHUP may have changed it.
+                    credentials.refresher().before_secs(),
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "refresh schedule rescan failed");
                 }

@@ -556,3 +556,75 @@ def test_forged_store_record_stops_start_up_naming_the_file(tmp_path, echo: Echo
     text = str(failed.value)
     assert "did not become ready (exited" in text, text[-2000:]
     assert str(g.store_path) in text and "not authenticated" in text, text[-2000:]
+
+
+# ----- item 10: SIGHUP says what it applied and names what needs a restart -----------------
+
+
+def _garbage(g: Credgate) -> None:
+    """A connection that sends a broken request (credgate logs it at debug)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", g.proxy_port), timeout=5) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        try:
+            s.recv(1024)
+        except OSError:
+            pass
+
+
+class _QuietGate(Credgate):
+    """A credgate without RUST_LOG, so `log.level` from the file is in charge."""
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.pop("RUST_LOG", None)
+        return env
+
+
+def test_sighup_applies_live_settings_and_names_each_key_needing_a_restart(tmp_path, echo: EchoUpstream) -> None:  # noqa: ANN001
+    """Contract gap: "configuration reloaded" while silently keeping old values of most of
+    [proxy], [refresh], [audit], [log], [metrics], [shutdown]."""
+    import signal
+
+    g = _QuietGate(tmp_path / "reload", [route("echo", "/echo", echo.url)], {"log": {"level": "info"}})
+    g.start()
+    try:
+        tenant = unique("rl")
+        g.put_bearer(tenant, "echo", "cred")
+        token = g.token(g.create_client(tenant=tenant, integrations=["echo"]))
+        assert g.proxy("GET", "/echo/x", token).status_code == 200
+        _garbage(g)
+        time.sleep(0.3)
+        assert " DEBUG " not in g.logs() and '"level":"DEBUG"' not in g.logs()
+
+        g.extra_sections.update(
+            proxy={"max_body_bytes": 4096, "trusted_proxies": ["10.0.0.0/8"], "upstream_timeout_seconds": 7},
+            refresh={"interval_seconds": 11, "before_seconds": 123, "min_interval_seconds": 5},
+            metrics={"tenant_label": True},
+            shutdown={"drain_seconds": 3},
+            log={"level": "debug"},
+            **{"rate_limit.default": {"per_second": 5, "burst": 5}},
+        )
+        g.extra_sections["audit"] = {"path": str(tmp_path / "reload" / "audit2.log")}
+        g.config_path.write_text(g.config_text())
+        assert g.proc is not None
+        g.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "configuration reloaded" not in g.logs():
+            assert time.monotonic() < deadline, g.log_tail()
+            time.sleep(0.1)
+        line = next(x for x in g.logs().splitlines() if "configuration reloaded" in x)
+        for key in ("proxy.max_body_bytes", "proxy.trusted_proxies", "proxy.upstream_timeout_seconds",
+                    "refresh.interval_seconds", "metrics.tenant_label", "shutdown.drain_seconds", "audit.path"):
+            assert key in line, f"{key} changed, needs a restart, and the reload did not say so: {line}"
+        for live in ("log.level", "refresh.before_seconds", "refresh.min_interval_seconds", "rate_limit"):
+            assert live not in line, f"{live} is applied live but was reported as needing a restart: {line}"
+        # log.level applied: a broken connection is now logged at debug
+        _garbage(g)
+        deadline = time.monotonic() + 5
+        while " DEBUG " not in g.logs() and '"level":"DEBUG"' not in g.logs():
+            assert time.monotonic() < deadline, "log.level = debug not applied on reload:\n" + g.log_tail()
+            time.sleep(0.2)
+    finally:
+        g.stop()
