@@ -155,7 +155,8 @@ fn main() -> ExitCode {
 
 /// Sets the log filter to a reloaded `log.level`; `None` when `RUST_LOG` is
 /// set (it wins over the file, also on reload).
-type SetLogLevel = Option<Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>>;
+type SetLogLevel = Option<LevelSetter>;
+type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
 fn init_tracing(config: &Config) -> SetLogLevel {
     let from_env = EnvFilter::try_from_default_env().ok();
@@ -166,7 +167,7 @@ fn init_tracing(config: &Config) -> SetLogLevel {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let set: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync> = match config.log.format {
+    let set: LevelSetter = match config.log.format {
         LogFormat::Json => {
             let builder = builder.json().with_filter_reloading();
             let handle = builder.reload_handle();
