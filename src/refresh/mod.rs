@@ -10,6 +10,16 @@
 //! provider answers `invalid_grant`, and the credential is marked
 //! `reauthorization_required`: never a silent failure, never an old token
 //! injected. The window is one store write long.
+//!
+//! If the process lives but the store refuses that write (store down,
+//! repeated check-and-set conflicts), the new pair is kept in memory,
+//! served, counted (`credgate_credential_persist_failures_total`), audited
+//! (`refresh-persist-failed`) and written in the background (see [`pending`]).
+//!
+//! Upstream 401s refresh a credential at most once per
+//! `refresh.min_interval_seconds` (the caller then gets the upstream's 401);
+//! provider answers are capped at 64 KiB and an access token must be a valid
+//! header value ([`provider_http`]).
 
 pub mod pending;
 pub mod provider_http;
