@@ -149,7 +149,7 @@ async fn forward(
         .check(&tenant, &principal.client_id)
         .inspect_err(|_| state.metrics.count_rate_limited(&tenant))?;
 
-    let limit = state.config.proxy.max_body_bytes;
+    let limit = live.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
@@ -169,7 +169,7 @@ async fn forward(
     let body = body.take().ok_or(ProxyError::Internal)?;
     // A small body is kept so the request can be replayed once after an
     // upstream 401 and a refresh; anything larger streams straight through.
-    let replay_limit = state.config.proxy.max_replay_body_bytes.min(limit);
+    let replay_limit = live.max_replay_body_bytes.min(limit);
     // A client restricted to some tools has its calls read before they go up.
     let inspect = !principal.client.allowed_tools.is_empty() && parts.method == Method::POST;
     let (kept, stream) = match http_body::Body::size_hint(&body).exact() {

@@ -15,6 +15,8 @@ use crate::config::Config;
 pub const LIVE: &[&str] = &[
     "routes",
     "rate_limit",
+    "proxy.max_body_bytes",
+    "proxy.max_replay_body_bytes",
     "integrations",
     "refresh.before_seconds",
     "refresh.min_interval_seconds",
@@ -97,7 +99,6 @@ mod tests {
             needs_restart(&old, &new, true),
             [
                 "metrics.tenant_label",
-                "proxy.max_body_bytes",
                 "proxy.trusted_proxies",
                 "refresh.interval_seconds"
             ]

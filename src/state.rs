@@ -23,9 +23,14 @@ use crate::{tls, upstream};
 use arc_swap::ArcSwap;
 
 /// What SIGHUP reloads without dropping connections: routes, the headers
-/// they inject into, and rate limits. (Integrations live in the refresher.)
+/// they inject into, rate limits and request body limits. (Integrations live
+/// in the refresher.)
 pub struct Live {
     pub routes: Routes,
+    /// `proxy.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// `proxy.max_replay_body_bytes`.
+    pub max_replay_body_bytes: u64,
     inject_headers: Vec<HeaderName>,
     rate_limit_config: RateLimitConfig,
     pub rate_limits: Arc<RateLimits>,
@@ -42,6 +47,8 @@ impl Live {
         Live {
             inject_headers: crate::proxy::inject_headers(&routes),
             routes,
+            max_body_bytes: config.proxy.max_body_bytes,
+            max_replay_body_bytes: config.proxy.max_replay_body_bytes,
             rate_limit_config: config.rate_limit.clone(),
             rate_limits,
         }

@@ -594,6 +594,7 @@ def test_sighup_applies_live_settings_and_names_each_key_needing_a_restart(tmp_p
         g.put_bearer(tenant, "echo", "cred")
         token = g.token(g.create_client(tenant=tenant, integrations=["echo"]))
         assert g.proxy("GET", "/echo/x", token).status_code == 200
+        assert g.proxy("POST", "/echo/big", token, content=b"x" * 5000).status_code == 200
         _garbage(g)
         time.sleep(0.3)
         assert " DEBUG " not in g.logs() and '"level":"DEBUG"' not in g.logs()
@@ -615,11 +616,15 @@ def test_sighup_applies_live_settings_and_names_each_key_needing_a_restart(tmp_p
             assert time.monotonic() < deadline, g.log_tail()
             time.sleep(0.1)
         line = next(x for x in g.logs().splitlines() if "configuration reloaded" in x)
-        for key in ("proxy.max_body_bytes", "proxy.trusted_proxies", "proxy.upstream_timeout_seconds",
+        for key in ("proxy.trusted_proxies", "proxy.upstream_timeout_seconds",
                     "refresh.interval_seconds", "metrics.tenant_label", "shutdown.drain_seconds", "audit.path"):
             assert key in line, f"{key} changed, needs a restart, and the reload did not say so: {line}"
-        for live in ("log.level", "refresh.before_seconds", "refresh.min_interval_seconds", "rate_limit"):
+        for live in ("log.level", "refresh.before_seconds", "refresh.min_interval_seconds", "rate_limit",
+                     "proxy.max_body_bytes"):
             assert live not in line, f"{live} is applied live but was reported as needing a restart: {line}"
+        # proxy.max_body_bytes applied: a 5000-byte body is now too large
+        r = g.proxy("POST", "/echo/big", token, content=b"x" * 5000)
+        assert r.status_code == 413, describe(r)
         # log.level applied: a broken connection is now logged at debug
         _garbage(g)
         deadline = time.monotonic() + 5
