@@ -219,7 +219,6 @@ async fn serve(
         state.credentials.clone(),
         std::time::Duration::from_secs(state.config.refresh.interval_seconds.max(1)),
         state.config.refresh.before_seconds as i64,
-        state.config.refresh.concurrency,
     )
     .await
     .map_err(|e| anyhow::anyhow!("refresh scheduler: {e}"))?;

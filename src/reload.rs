@@ -20,6 +20,7 @@ pub const LIVE: &[&str] = &[
     "integrations",
     "refresh.before_seconds",
     "refresh.min_interval_seconds",
+    "refresh.concurrency",
     "log.level",
 ];
 

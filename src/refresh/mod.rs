@@ -234,6 +234,8 @@ pub struct Refresher {
     /// `refresh.min_interval_seconds`, and when an upstream 401 last caused a
     /// refresh of each credential (`""` as tenant: a minted token).
     min_interval_secs: AtomicU64,
+    /// `refresh.concurrency`: scheduled refreshes at once.
+    concurrency: AtomicU64,
     after_unauthorized: Mutex<HashMap<Key, tokio::time::Instant>>,
     /// Integration-wide tokens of `grant = "client_credentials"` integrations,
     /// with the time to renew each.
@@ -270,6 +272,7 @@ impl Refresher {
             due: schedule::DueIndex::default(),
             before_secs: AtomicI64::new(config.refresh.before_seconds as i64),
             min_interval_secs: AtomicU64::new(config.refresh.min_interval_seconds),
+            concurrency: AtomicU64::new(config.refresh.concurrency as u64),
             after_unauthorized: Mutex::new(HashMap::new()),
             minted: Mutex::new(HashMap::new()),
             minted_version: AtomicU64::new(1),
@@ -284,6 +287,8 @@ impl Refresher {
             .store(config.refresh.before_seconds as i64, Ordering::Relaxed);
         self.min_interval_secs
             .store(config.refresh.min_interval_seconds, Ordering::Relaxed);
+        self.concurrency
+            .store(config.refresh.concurrency as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -310,6 +315,11 @@ impl Refresher {
         }
         map.insert(key, now);
         true
+    }
+
+    /// `refresh.concurrency` as last (re)loaded.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.load(Ordering::Relaxed) as usize
     }
 
     /// `refresh.before_seconds` as last (re)loaded.

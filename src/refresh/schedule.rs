@@ -207,7 +207,6 @@ pub async fn start(
     credentials: Arc<Credentials>,
     interval: Duration,
     before_secs: i64,
-    concurrency: usize,
 ) -> Result<JobScheduler, String> {
     let store = credentials.store().clone();
     match scan(store.as_ref(), credentials.refresher().due(), before_secs).await {
@@ -243,7 +242,8 @@ pub async fn start(
                     tracing::warn!(error = %e, "refresh schedule rescan failed");
                 }
             }
-            let n = tick(&credentials, concurrency).await;
+            // `refresh.concurrency` as last (re)loaded.
+            let n = tick(&credentials, credentials.refresher().concurrency()).await;
             if n > 0 {
                 tracing::debug!(refreshed = n, "refresh tick");
             }
