@@ -63,3 +63,67 @@ impl<'c> AsyncHttpClient<'c> for LimitedClient<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A token endpoint on 127.0.0.1 that answers every request with `answer`.
+    async fn endpoint(answer: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(&answer).await;
+                });
+            }
+        });
+        url
+    }
+
+    async fn ask(url: &str) -> Result<HttpResponse, ProviderHttpError> {
+        let http = reqwest::Client::new();
+        let req = http::Request::post(url)
+            .body(b"grant_type=x".to_vec())
+            .unwrap();
+        LimitedClient(&http).call(req).await
+    }
+
+    #[tokio::test]
+    async fn answers_over_64_kib_are_refused_whatever_their_framing() {
+        let body = vec![b'a'; MAX_ANSWER_BYTES + 1];
+        let mut declared = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        declared.extend_from_slice(&body);
+        let url = endpoint(declared).await;
+        assert!(matches!(ask(&url).await, Err(ProviderHttpError::TooLarge)));
+
+        // Chunked, no length: cut off while reading.
+        let mut chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+        for part in body.chunks(8192) {
+            chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            chunked.extend_from_slice(part);
+            chunked.extend_from_slice(b"\r\n");
+        }
+        chunked.extend_from_slice(b"0\r\n\r\n");
+        let url = endpoint(chunked).await;
+        assert!(matches!(ask(&url).await, Err(ProviderHttpError::TooLarge)));
+
+        // At the limit is fine.
+        let ok = vec![b'a'; MAX_ANSWER_BYTES];
+        let mut exact =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", ok.len()).into_bytes();
+        exact.extend_from_slice(&ok);
+        let url = endpoint(exact).await;
+        assert_eq!(ask(&url).await.unwrap().body().len(), MAX_ANSWER_BYTES);
+    }
+}
