@@ -823,6 +823,41 @@ impl Refresher {
 mod tests {
     use super::*;
 
+    fn refresher(min_interval_seconds: u64) -> Refresher {
+        let mut config = Config::default();
+        config.refresh.min_interval_seconds = min_interval_seconds;
+        Refresher::new(
+            &config,
+            crate::tls::client_config(None).unwrap(),
+            Arc::new(crate::oauth::testing::MemStore::new()),
+            Arc::new(Metrics::new()),
+            Arc::new(Audit::discard()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_401s_refresh_a_credential_once_per_interval() {
+        let r = refresher(30);
+        assert!(r.may_refresh_after_unauthorized("t1", "gh"));
+        assert!(
+            !r.may_refresh_after_unauthorized("t1", "gh"),
+            "second 401 within 30 s"
+        );
+        // Per credential: another tenant, another integration, a minted token.
+        assert!(r.may_refresh_after_unauthorized("t2", "gh"));
+        assert!(r.may_refresh_after_unauthorized("t1", "other"));
+        assert!(r.may_refresh_after_unauthorized("", "gh"));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!r.may_refresh_after_unauthorized("t1", "gh"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.may_refresh_after_unauthorized("t1", "gh"));
+        // 0 turns the limit off.
+        let off = refresher(0);
+        assert!(off.may_refresh_after_unauthorized("t1", "gh"));
+        assert!(off.may_refresh_after_unauthorized("t1", "gh"));
+    }
+
     #[test]
     fn only_header_safe_tokens_are_injectable() {
         assert!(injectable("gho_abc-._~+/=").is_ok());
