@@ -180,3 +180,157 @@ async fn write_until_landed(
         return;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::Status;
+    use crate::oauth::testing::MemStore;
+    use crate::store::{Plaintext, Record, StoreError};
+    use serde_json::{Map, Value};
+    use std::collections::BTreeMap;
+    use std::sync::atomic::AtomicBool;
+
+    /// The in-memory store with writes that fail while `down` is set: the
+    /// store outage that follows a provider's answer.
+    #[derive(Default)]
+    struct Outage {
+        inner: MemStore,
+        down: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Outage {
+        fn backend(&self) -> &'static str {
+            "memory"
+        }
+        async fn read(&self, path: &str) -> Result<Option<Record>, StoreError> {
+            self.inner.read(path).await
+        }
+        async fn write(
+            &self,
+            path: &str,
+            data: Map<String, Value>,
+            metadata: BTreeMap<String, String>,
+            cas: Cas,
+        ) -> Result<u64, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.inner.write(path, data, metadata, cas).await
+        }
+        async fn delete(&self, path: &str) -> Result<(), StoreError> {
+            self.inner.delete(path).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.list(prefix).await
+        }
+        async fn encrypt(
+            &self,
+            keyring: &str,
+            context: &str,
+            plaintexts: &[&[u8]],
+        ) -> Result<Vec<String>, StoreError> {
+            self.inner.encrypt(keyring, context, plaintexts).await
+        }
+        async fn decrypt(
+            &self,
+            keyring: &str,
+            context: &str,
+            ciphertexts: &[&str],
+        ) -> Result<Vec<Plaintext>, StoreError> {
+            self.inner.decrypt(keyring, context, ciphertexts).await
+        }
+        async fn health(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn pair(access: &str, refresh: &str) -> Credential {
+        Credential {
+            access_token: SecretString::from(access),
+            refresh_token: Some(SecretString::from(refresh)),
+            expires_at: None,
+            scopes: vec![],
+            token_type: "Bearer".into(),
+            created_by: "test".into(),
+            auto_refresh: true,
+            refresh_count: 0,
+            status: Status::Active,
+        }
+    }
+
+    async fn current(store: &Arc<Outage>, kept: &Unpersisted) -> (String, String) {
+        let s = credentials::load(store.as_ref(), "t1", "gh")
+            .await
+            .unwrap()
+            .unwrap();
+        let s = kept.overlay("t1", "gh", s);
+        let c = s.credential;
+        (
+            c.access_token.expose_secret().to_owned(),
+            c.refresh_token.unwrap().expose_secret().to_owned(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_pair_is_served_then_written_once_the_store_is_back() {
+        let store = Arc::new(Outage::default());
+        let v1 = credentials::save(store.as_ref(), "t1", "gh", &pair("a0", "r0"), Cas::Absent)
+            .await
+            .unwrap();
+        let base = credentials::load(store.as_ref(), "t1", "gh")
+            .await
+            .unwrap()
+            .unwrap();
+        let kept = Unpersisted::default();
+        store.down.store(true, Ordering::SeqCst);
+        kept.keep(store.clone(), "t1", "gh", &base, pair("a1", "r1"));
+        assert_eq!(current(&store, &kept).await, ("a1".into(), "r1".into()));
+        // Still down after several retries: still served, nothing lost.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(current(&store, &kept).await, ("a1".into(), "r1".into()));
+        store.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(RETRY_MAX + Duration::from_secs(1)).await;
+        let stored = credentials::load(store.as_ref(), "t1", "gh")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.credential.refresh_token.unwrap().expose_secret(),
+            "r1"
+        );
+        assert_eq!(stored.version, v1 + 1);
+        assert!(
+            Unpersisted::lock(&kept.map).is_empty(),
+            "landed, so forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admin_write_supersedes_a_kept_pair() {
+        let store = Arc::new(Outage::default());
+        credentials::save(store.as_ref(), "t1", "gh", &pair("a0", "r0"), Cas::Absent)
+            .await
+            .unwrap();
+        let base = credentials::load(store.as_ref(), "t1", "gh")
+            .await
+            .unwrap()
+            .unwrap();
+        let kept = Unpersisted::default();
+        store.down.store(true, Ordering::SeqCst);
+        kept.keep(store.clone(), "t1", "gh", &base, pair("a1", "r1"));
+        // An admin stores another credential (through a replica whose store works).
+        store.down.store(false, Ordering::SeqCst);
+        credentials::save(store.as_ref(), "t1", "gh", &pair("adm", "radm"), Cas::Any)
+            .await
+            .unwrap();
+        assert_eq!(current(&store, &kept).await, ("adm".into(), "radm".into()));
+        tokio::time::sleep(RETRY_MAX + Duration::from_secs(1)).await;
+        assert_eq!(current(&store, &kept).await, ("adm".into(), "radm".into()));
+        assert!(
+            Unpersisted::lock(&kept.map).is_empty(),
+            "superseded, so forgotten"
+        );
+    }
+}
