@@ -33,6 +33,8 @@ pub enum AuditKind {
     RefreshSuccess,
     RefreshRetry,
     RefreshFailed,
+    /// A refreshed pair the store did not take; kept in memory and retried.
+    RefreshPersistFailed,
     AdminAuthFailed,
     /// A JSON-RPC request refused by the MCP policy (docs/policy.md).
     McpCallRefused,

@@ -269,6 +269,8 @@ pub struct RefreshConfig {
     pub before_seconds: u64,
     pub interval_seconds: u64,
     pub concurrency: usize,
+    /// Upstream 401s refresh a credential at most once per this many seconds.
+    pub min_interval_seconds: u64,
 }
 
 impl Default for RefreshConfig {
@@ -277,6 +279,7 @@ impl Default for RefreshConfig {
             before_seconds: 300,
             interval_seconds: 30,
             concurrency: 8,
+            min_interval_seconds: 30,
         }
     }
 }

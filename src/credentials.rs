@@ -465,7 +465,9 @@ impl Credentials {
         integration: &str,
         now: OffsetDateTime,
     ) -> Result<Option<Stored>, Failure> {
-        let Some(s) = load(self.store.as_ref(), tenant, integration)
+        let Some(s) = self
+            .refresher
+            .load_current(tenant, integration)
             .await
             .map_err(Failure::Store)?
         else {
@@ -500,15 +502,23 @@ impl Credentials {
 
     /// After the upstream refused credential version `used`: refresh once
     /// (coalesced with every other caller that saw the same version) and
-    /// return the newer credential.
+    /// return the newer credential. `None` when an upstream 401 already
+    /// refreshed this credential within `refresh.min_interval_seconds`: the
+    /// caller then gets the upstream's 401.
     pub async fn refresh_after_unauthorized(
         &self,
         tenant: &Arc<str>,
         integration: &Arc<str>,
         used: u64,
-    ) -> Result<Arc<Cached>, ProxyError> {
-        self.refresh(tenant, integration, Some(used), Trigger::Unauthorized)
+    ) -> Result<Option<Arc<Cached>>, ProxyError> {
+        match self
+            .refresh_inner(tenant, integration, Some(used), Trigger::Unauthorized)
             .await
+        {
+            Ok(c) => Ok(Some(c)),
+            Err(RefreshError::Throttled) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Refreshes now (admin request); `seen` None always calls the provider.
@@ -519,6 +529,18 @@ impl Credentials {
         seen: Option<u64>,
         trigger: Trigger,
     ) -> Result<Arc<Cached>, ProxyError> {
+        self.refresh_inner(tenant, integration, seen, trigger)
+            .await
+            .map_err(ProxyError::from)
+    }
+
+    async fn refresh_inner(
+        &self,
+        tenant: &Arc<str>,
+        integration: &Arc<str>,
+        seen: Option<u64>,
+        trigger: Trigger,
+    ) -> Result<Arc<Cached>, RefreshError> {
         let now = OffsetDateTime::now_utc();
         let refresher = &self.refresher;
         let result = self
@@ -532,21 +554,15 @@ impl Credentials {
                     }
                 }
                 let refresh = refresher.refresh(tenant, integration, seen, trigger);
-                let s = crate::telemetry::in_span("credential refresh", refresh)
-                    .await
-                    .map_err(ProxyError::from)?;
-                Ok::<_, ProxyError>(Op::Put(Arc::new(
-                    Cached::new(&s).map_err(|e| store_error(&e))?,
-                )))
+                let s = crate::telemetry::in_span("credential refresh", refresh).await?;
+                Ok::<_, RefreshError>(Op::Put(Arc::new(Cached::new(&s)?)))
             })
             .await?;
         match result {
             CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
                 Ok(e.into_value())
             }
-            CompResult::Removed(_) | CompResult::StillNone(_) => {
-                Err(ProxyError::IntegrationNotConnected { connect_url: None })
-            }
+            CompResult::Removed(_) | CompResult::StillNone(_) => Err(RefreshError::NotConnected),
         }
     }
 

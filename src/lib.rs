@@ -21,6 +21,7 @@
 //! - [`mcp`]: MCP-aware policy: allowed tools, tool scopes, CEL rules, tools/list filtering.
 //! - [`ratelimit`]: per-tenant and per-client token buckets.
 //! - [`refresh`]: upstream credential refresh: provider calls, single-flight, leases.
+//! - [`reload`]: what a SIGHUP reload applies, and which changed keys need a restart.
 //! - [`upstream`]: the upstream client and header hygiene.
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
@@ -48,6 +49,7 @@ pub mod ops;
 pub mod proxy;
 pub mod ratelimit;
 pub mod refresh;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod state;

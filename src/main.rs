@@ -138,7 +138,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            init_tracing(&config, filter);
+            let log_level = init_tracing(&config, filter);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(config, config_path)) {
+            match runtime.block_on(serve(config, config_path, log_level)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             }
@@ -228,24 +228,55 @@ fn log_filter(config: &Config) -> Result<EnvFilter, String> {
         Ok(v) if !v.trim().is_empty() => ("RUST_LOG", v),
         _ => ("log.level", config.log.level.clone()),
     };
-    credgate::config::check_log_filter(&text).map_err(|e| format!("{source} = {text:?}: {e}"))?;
-    let mut filter = EnvFilter::try_new(&text).map_err(|e| format!("{source} = {text:?}: {e}"))?;
+    level_filter(&text).map_err(|e| format!("{source} = {text:?}: {e}"))
+}
+
+fn level_filter(text: &str) -> Result<EnvFilter, String> {
+    credgate::config::check_log_filter(text)?;
+    let mut filter = EnvFilter::try_new(text).map_err(|e| e.to_string())?;
     if !text.contains("tokio_cron_scheduler") {
         filter = filter.add_directive("tokio_cron_scheduler=warn".parse().expect("valid"));
     }
     Ok(filter)
 }
 
-fn init_tracing(config: &Config, filter: EnvFilter) {
+/// Sets the log filter to a reloaded `log.level`; `None` when `RUST_LOG` is
+/// set (it wins over the file, also on reload).
+type SetLogLevel = Option<LevelSetter>;
+type LevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+fn init_tracing(config: &Config, filter: EnvFilter) -> SetLogLevel {
+    let env_wins = std::env::var("RUST_LOG").is_ok_and(|v| !v.trim().is_empty());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
+    let set = match config.log.format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let set = level_setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+        LogFormat::Pretty => {
+            let builder = builder.with_filter_reloading();
+            let set = level_setter(builder.reload_handle());
+            builder.init();
+            set
+        }
+    };
+    (!env_wins).then_some(set)
+}
+
+fn level_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<EnvFilter, S>,
+) -> LevelSetter {
+    Box::new(move |level| {
+        handle
+            .reload(level_filter(level)?)
+            .map_err(|e| e.to_string())
+    })
 }
 
 /// Start-up warnings about a config that works but probably not as meant.
@@ -309,7 +340,7 @@ fn public_url_mismatch(config: &Config) -> Option<String> {
     })
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: PathBuf, log_level: SetLogLevel) -> anyhow::Result<()> {
     let admin_token = std::env::var(ENV_ADMIN_TOKEN)
         .ok()
         .filter(|t| !t.is_empty())
@@ -346,7 +377,6 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         state.credentials.clone(),
         std::time::Duration::from_secs(state.config.refresh.interval_seconds.max(1)),
         state.config.refresh.before_seconds as i64,
-        state.config.refresh.concurrency,
     )
     .await
     .map_err(|e| anyhow::anyhow!("refresh scheduler: {e}"))?;
@@ -360,7 +390,7 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             limits.live.load().rate_limits.evict_idle();
         }
     });
-    tokio::spawn(reload_on_sighup(state.clone(), config_path));
+    tokio::spawn(reload_on_sighup(state.clone(), config_path, log_level));
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining");
@@ -375,8 +405,9 @@ async fn serve(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: re-read the config file; a bad one is logged and the running
-/// config kept.
-async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
+/// config kept. Applies what can be applied live and names every other
+/// changed key (see `credgate::reload`).
+async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf, log_level: SetLogLevel) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -384,12 +415,18 @@ async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf) {
     while hup.recv().await.is_some() {
         match Config::load(&path)
             .map_err(|e| e.to_string())
-            .and_then(|c| state.reload(&c))
-        {
+            .and_then(|c| {
+                let restart = state.reload(&c, log_level.is_some())?;
+                if let Some(set) = &log_level {
+                    set(&c.log.level).map_err(|e| format!("log.level: {e}"))?;
+                }
+                Ok(restart)
+            }) {
             Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
             Ok(restart) => tracing::warn!(
-                needs_restart = ?restart,
-                "configuration reloaded; some changed settings apply only after a restart"
+                needs_restart = %restart.join(", "),
+                "configuration reloaded, except changed settings that apply only after a restart: {}",
+                restart.join(", ")
             ),
             Err(e) => {
                 tracing::error!(error = %e, "new configuration refused; keeping the running one")

@@ -16,7 +16,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
-    /// `route`, `status`.
+    /// `metrics.tenant_label`: the three families below carry `tenant`.
+    tenant_label: bool,
+    /// `route`, `status` (and `tenant` with `metrics.tenant_label`).
     pub http_requests_total: IntCounterVec,
     /// `route`.
     pub http_request_duration_seconds: HistogramVec,
@@ -28,9 +30,14 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     /// `result`: `hit`, `miss`, `stale`.
     pub credential_cache_requests_total: IntCounterVec,
-    /// `integration`, `trigger`, `result`.
+    /// `integration`, `trigger`, `result` (and `tenant` with `metrics.tenant_label`).
     pub credential_refresh_total: IntCounterVec,
+    /// `integration`: refreshed pairs the store did not take at once.
+    pub credential_persist_failures_total: IntCounterVec,
+    /// Registered without `metrics.tenant_label` only.
     pub rate_limited_total: IntCounter,
+    /// `tenant`; registered (as `credgate_rate_limited_total`) with `metrics.tenant_label` only.
+    rate_limited_by_tenant: Option<IntCounterVec>,
     /// `backend`, `op`, `result`.
     pub store_requests_total: IntCounterVec,
     /// `route`, `method` (a fixed set), `result`: JSON-RPC messages judged.
@@ -44,8 +51,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Families without a `tenant` label.
     pub fn new() -> Self {
+        Self::with_tenant_label(false)
+    }
+
+    /// With `tenant_label`, `credgate_http_requests_total`,
+    /// `credgate_rate_limited_total` and `credgate_credential_refresh_total`
+    /// carry a `tenant` label (`metrics.tenant_label`; see docs/metrics.md).
+    pub fn with_tenant_label(tenant_label: bool) -> Self {
         let registry = Registry::new();
+        let with_tenant = |labels: &'static [&'static str], extended: &'static [&'static str]| {
+            if tenant_label { extended } else { labels }
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -64,14 +82,18 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
-        let rate_limited_total = IntCounter::new(
-            "credgate_rate_limited_total",
-            "Requests refused by a rate limit",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(rate_limited_total.clone()))
-            .expect("unique metric");
+        const RATE_LIMITED: &str = "credgate_rate_limited_total";
+        const RATE_LIMITED_HELP: &str = "Requests refused by a rate limit";
+        let rate_limited_total =
+            IntCounter::new(RATE_LIMITED, RATE_LIMITED_HELP).expect("valid metric");
+        let rate_limited_by_tenant = if tenant_label {
+            Some(counter(RATE_LIMITED, RATE_LIMITED_HELP, &["tenant"]))
+        } else {
+            registry
+                .register(Box::new(rate_limited_total.clone()))
+                .expect("unique metric");
+            None
+        };
         let rate_limit_backend_errors_total = IntCounter::new(
             "credgate_rate_limit_backend_errors_total",
             "Rate-limit checks the shared backend could not answer",
@@ -104,7 +126,7 @@ impl Metrics {
             http_requests_total: counter(
                 "credgate_http_requests_total",
                 "HTTP requests answered, by route and status",
-                &["route", "status"],
+                with_tenant(&["route", "status"], &["route", "status", "tenant"]),
             ),
             http_request_duration_seconds: histogram(
                 "credgate_http_request_duration_seconds",
@@ -134,9 +156,18 @@ impl Metrics {
             credential_refresh_total: counter(
                 "credgate_credential_refresh_total",
                 "Upstream credential refreshes",
-                &["integration", "trigger", "result"],
+                with_tenant(
+                    &["integration", "trigger", "result"],
+                    &["integration", "trigger", "result", "tenant"],
+                ),
+            ),
+            credential_persist_failures_total: counter(
+                "credgate_credential_persist_failures_total",
+                "Refreshed credentials the store did not take at once (kept in memory, retried)",
+                &["integration"],
             ),
             rate_limited_total,
+            rate_limited_by_tenant,
             store_requests_total: counter(
                 "credgate_store_requests_total",
                 "Store operations, by backend, operation and result",
@@ -153,13 +184,58 @@ impl Metrics {
                 &["backend", "op"],
             ),
             registry,
+            tenant_label,
+        }
+    }
+
+    /// Whether the tenant families carry `tenant` (callers skip finding the
+    /// tenant when not).
+    pub fn tenant_label(&self) -> bool {
+        self.tenant_label
+    }
+
+    /// One answered request; `tenant` counts only with `metrics.tenant_label`.
+    pub fn count_request(&self, route: &str, status: &str, tenant: Option<&str>) {
+        if self.tenant_label {
+            self.http_requests_total
+                .with_label_values(&[route, status, tenant.unwrap_or("")])
+                .inc();
+        } else {
+            self.http_requests_total
+                .with_label_values(&[route, status])
+                .inc();
+        }
+    }
+
+    /// One request refused by a rate limit.
+    pub fn count_rate_limited(&self, tenant: &str) {
+        match &self.rate_limited_by_tenant {
+            Some(v) => v.with_label_values(&[tenant]).inc(),
+            None => self.rate_limited_total.inc(),
+        }
+    }
+
+    /// One credential refresh (`tenant` is empty for integration-wide tokens).
+    pub fn count_refresh(&self, integration: &str, trigger: &str, result: &str, tenant: &str) {
+        if self.tenant_label {
+            self.credential_refresh_total
+                .with_label_values(&[integration, trigger, result, tenant])
+                .inc();
+        } else {
+            self.credential_refresh_total
+                .with_label_values(&[integration, trigger, result])
+                .inc();
         }
     }
 
     /// Creates the label sets known at start-up, so every family is present
     /// (at zero) from the first scrape rather than after its first event.
     pub fn preregister<'a>(&self, routes: impl IntoIterator<Item = &'a str> + Clone) {
-        for route in routes.clone().into_iter().chain(["oauth", "admin", "none"]) {
+        for route in routes
+            .clone()
+            .into_iter()
+            .chain(["oauth", "admin", "none", "connect"])
+        {
             self.http_request_duration_seconds
                 .with_label_values(&[route]);
         }
@@ -189,7 +265,11 @@ impl Metrics {
 
     /// Refresh outcomes of the integrations known at start-up (bounded: the
     /// triggers and results are fixed lists, see docs/metrics.md).
+    /// Not with `metrics.tenant_label`: the tenants are not known ahead.
     pub fn preregister_refresh<'a>(&self, integrations: impl IntoIterator<Item = &'a str>) {
+        if self.tenant_label {
+            return;
+        }
         for integration in integrations {
             for trigger in ["upstream_401", "expired", "scheduled", "admin"] {
                 for result in ["success", "error", "reauthorization_required"] {
@@ -248,6 +328,7 @@ mod tests {
         assert!(text.contains(r#"credgate_http_requests_total{route="github",status="200"} 1"#));
         assert!(text.contains(r#"credgate_tokens_issued_total{result="issued"} 1"#));
         assert!(text.contains("credgate_rate_limited_total 1"));
+        assert!(!text.contains("tenant="));
         let build = format!(
             "credgate_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
@@ -270,5 +351,25 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
+    }
+
+    #[test]
+    fn tenant_label_adds_tenant_to_three_families() {
+        let m = Metrics::with_tenant_label(true);
+        m.count_request("github", "200", Some("t1"));
+        m.count_rate_limited("t1");
+        m.count_refresh("github", "scheduled", "success", "t1");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            r#"credgate_http_requests_total{route="github",status="200",tenant="t1"} 1"#
+        ));
+        assert!(text.contains(r#"credgate_rate_limited_total{tenant="t1"} 1"#));
+        assert!(text.contains(r#"credgate_credential_refresh_total{integration="github",result="success",tenant="t1",trigger="scheduled"} 1"#));
+        let off = Metrics::new();
+        off.count_request("github", "200", Some("t1"));
+        off.count_rate_limited("t1");
+        off.count_refresh("github", "scheduled", "success", "t1");
+        let text = String::from_utf8(off.render()).unwrap();
+        assert!(!text.contains("tenant="), "{text}");
     }
 }

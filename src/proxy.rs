@@ -58,9 +58,19 @@ pub async fn handle(
     };
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
+    // Filled only with `metrics.tenant_label`.
+    let mut tenant = None;
     let prefix = route.path_prefix.as_deref().unwrap_or("/");
     let trace = telemetry::server_span(&parts, prefix, &route.integration, request_id);
-    let fwd = forward(state, &live, route, parts, &mut body, conn, request_id);
+    let fwd = forward(
+        state,
+        &live,
+        route,
+        parts,
+        (&mut body, &mut tenant),
+        conn,
+        request_id,
+    );
     let result = match &trace {
         None => fwd.await,
         Some(cx) => telemetry::within(cx, fwd).await,
@@ -81,7 +91,7 @@ pub async fn handle(
             resp
         }
     };
-    state.finish(&route.integration, started, resp)
+    state.finish_for(&route.integration, tenant.as_deref(), started, resp)
 }
 
 /// Whether the path has a `.` or `..` segment, plain or percent-encoded: the
@@ -111,7 +121,7 @@ async fn forward(
     live: &Live,
     route: &Route,
     parts: http::request::Parts,
-    body: &mut Option<Incoming>,
+    (body, tenant_seen): (&mut Option<Incoming>, &mut Option<Arc<str>>),
     conn: &ConnInfo,
     request_id: &HeaderValue,
 ) -> Result<Response<Body>, ProxyError> {
@@ -133,6 +143,9 @@ async fn forward(
     tracing::Span::current()
         .record("client_id", &*principal.client_id)
         .record("tenant", &*tenant);
+    if state.metrics.tenant_label() {
+        *tenant_seen = Some(tenant.clone());
+    }
     authorize(&principal, route)?;
     let caller = state
         .authority
@@ -148,11 +161,11 @@ async fn forward(
         .await
         .inspect_err(|e| {
             if matches!(e, ProxyError::RateLimited { .. }) {
-                state.metrics.rate_limited_total.inc();
+                state.metrics.count_rate_limited(&tenant);
             }
         })?;
 
-    let limit = state.config.proxy.max_body_bytes;
+    let limit = live.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|n| n > limit) {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
@@ -188,7 +201,7 @@ async fn forward(
     let body = body.take().ok_or(ProxyError::Internal)?;
     // A small body is kept so the request can be replayed once after an
     // upstream 401 and a refresh; anything larger streams straight through.
-    let replay_limit = state.config.proxy.max_replay_body_bytes.min(limit);
+    let replay_limit = live.max_replay_body_bytes.min(limit);
     // A client restricted to some tools, or a route with a tool policy, has
     // its JSON-RPC read and judged before anything goes up, whatever the
     // method or transfer encoding (docs/policy.md).
@@ -276,19 +289,22 @@ async fn after_unauthorized(
         }
         return Ok(resp);
     };
-    drop(resp);
     let fresh = match state
         .credentials
         .refresh_after_unauthorized(tenant, &route.integration, used)
         .await
     {
-        Ok(f) => f,
+        Ok(Some(f)) => f,
+        // Refreshed after a 401 moments ago: the upstream's 401 goes back.
+        Ok(None) => return Ok(resp),
         Err(e) => {
+            drop(resp);
             let i = &route.integration;
             return crate::connect::consent_required_kept(state, e, tenant, i, &method, &kept)
                 .await;
         }
     };
+    drop(resp);
     let (name, value) = inject(live, route, &fresh);
     headers.insert(name.clone(), value);
     let mut retry = Request::new(full(kept));

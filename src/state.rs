@@ -22,9 +22,14 @@ use crate::{tls, upstream};
 use arc_swap::ArcSwap;
 
 /// What SIGHUP reloads without dropping connections: routes, the headers
-/// they inject into, and rate limits. (Integrations live in the refresher.)
+/// they inject into, rate limits and request body limits. (Integrations live
+/// in the refresher.)
 pub struct Live {
     pub routes: Routes,
+    /// `proxy.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// `proxy.max_replay_body_bytes`.
+    pub max_replay_body_bytes: u64,
     inject_headers: Vec<HeaderName>,
     rate_limit_config: RateLimitConfig,
     pub rate_limits: Arc<RateLimits>,
@@ -44,6 +49,8 @@ impl Live {
         Ok(Live {
             inject_headers: crate::proxy::inject_headers(&routes),
             routes,
+            max_body_bytes: config.proxy.max_body_bytes,
+            max_replay_body_bytes: config.proxy.max_replay_body_bytes,
             rate_limit_config: config.rate_limit.clone(),
             rate_limits,
         })
@@ -97,7 +104,7 @@ impl AppState {
         store: Arc<dyn Store>,
         admin_token: Option<SecretString>,
     ) -> Result<Self, StartError> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_tenant_label(config.metrics.tenant_label));
         metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
         metrics.preregister_refresh(
             config
@@ -158,31 +165,23 @@ impl AppState {
         })
     }
 
-    /// Applies a new, already validated config: routes, rate limits and
-    /// integrations take effect for the next request; in-flight requests and
-    /// open streams keep what they started with. Returns the changed settings
-    /// that need a restart (they are not applied).
-    pub fn reload(&self, new: &Config) -> Result<Vec<&'static str>, String> {
+    /// Applies a new, already validated config: routes, rate limits,
+    /// integrations and `[refresh]` timings take effect for the next request;
+    /// in-flight requests and open streams keep what they started with.
+    /// Returns every changed key that needs a restart (not applied; see
+    /// [`crate::reload`]). `log_level_live`: whether the caller applies
+    /// `log.level` (it cannot when `RUST_LOG` is set).
+    pub fn reload(&self, new: &Config, log_level_live: bool) -> Result<Vec<String>, String> {
         let live = Live::new(new, Some(&self.live.load()), &self.metrics)?;
         self.credentials.refresher().reload_providers(new)?;
         self.connect.reload(new);
         self.live.store(Arc::new(live));
         self.authority.reload_routes(new);
-        let c = &self.config;
-        let mut restart = Vec::new();
-        if c.proxy.listen != new.proxy.listen || c.ops.listen != new.ops.listen {
-            restart.push("listen addresses");
-        }
-        if c.proxy.public_url != new.proxy.public_url || c.oauth.issuer != new.oauth.issuer {
-            restart.push("public_url / issuer");
-        }
-        if toml::to_string(&c.store).ok() != toml::to_string(&new.store).ok() {
-            restart.push("store");
-        }
-        if toml::to_string(&c.oauth).ok() != toml::to_string(&new.oauth).ok() {
-            restart.push("oauth");
-        }
-        Ok(restart)
+        Ok(crate::reload::needs_restart(
+            &self.config,
+            new,
+            log_level_live,
+        ))
     }
 
     /// Whether `token` is the bootstrap admin token (digests compared in
@@ -193,11 +192,21 @@ impl AppState {
 
     /// Records the request metrics for a finished request.
     pub fn finish(&self, route: &str, started: Instant, resp: Response<Body>) -> Response<Body> {
+        self.finish_for(route, None, started, resp)
+    }
+
+    /// [`AppState::finish`] for a request whose tenant is known (counted
+    /// only with `metrics.tenant_label`).
+    pub fn finish_for(
+        &self,
+        route: &str,
+        tenant: Option<&str>,
+        started: Instant,
+        resp: Response<Body>,
+    ) -> Response<Body> {
         tracing::Span::current().record("route", route);
         let m = &self.metrics;
-        m.http_requests_total
-            .with_label_values(&[route, resp.status().as_str()])
-            .inc();
+        m.count_request(route, resp.status().as_str(), tenant);
         m.http_request_duration_seconds
             .with_label_values(&[route])
             .observe(started.elapsed().as_secs_f64());

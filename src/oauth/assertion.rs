@@ -4,11 +4,18 @@
 //!
 //! Accepted: `iss` = `sub` = the client id; `aud` naming the issuer (with or
 //! without a trailing `/`, as the MCP SDK normalizes it) or the token
-//! endpoint; `exp` required, at most [`MAX_ASSERTION_LIFETIME`] ahead (a
-//! longer-lived assertion would be a bearer secret in all but name); the
-//! algorithm pinned by the registered key, never by the assertion.
-//! Assertions are not single-use: the SDK's `static_assertion_provider`
-//! reuses one, and replay within minutes over TLS is no worse than a secret.
+//! endpoint; `exp` required, at most [`MAX_ASSERTION_LIFETIME`] (5 minutes)
+//! ahead of now and of `iat` when present (a longer-lived assertion would be
+//! a bearer secret in all but name); `jti` required; the algorithm pinned by
+//! the registered key, never by the assertion.
+//!
+//! Assertions are single-use (RFC 7523 §3 point 7): [`SeenAssertions`]
+//! remembers each verified `(client, jti)` until the assertion expires, and a
+//! second presentation is refused. The memory is per process: a replica
+//! does not see the `jti`s another replica accepted, so across N replicas an
+//! intercepted assertion could be replayed at most N-1 more times within its
+//! 5 minutes. Entries are bounded ([`MAX_SEEN`]); when full of unexpired
+//! entries, new assertions are refused rather than forgotten.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -20,8 +27,15 @@ use super::jwt::LEEWAY_SECS;
 
 pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
-/// Longest an assertion may still be valid when presented.
-pub(crate) const MAX_ASSERTION_LIFETIME: u64 = 3600;
+/// Longest an assertion may still be valid when presented, and longest
+/// from `iat` to `exp`.
+pub(crate) const MAX_ASSERTION_LIFETIME: u64 = 300;
+
+/// Most `jti`s remembered at once (about 100 bytes each).
+pub(crate) const MAX_SEEN: usize = 100_000;
+
+/// Longest `jti` accepted.
+const MAX_JTI_LEN: usize = 256;
 
 /// Keys a client may register.
 const MAX_KEYS: usize = 5;
@@ -146,6 +160,45 @@ struct AssertionClaims {
     exp: u64,
     #[serde(default)]
     nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// A verified assertion: what replay protection needs.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Accepted {
+    pub(crate) jti: String,
+    /// Until when the assertion would be accepted (its `exp` plus leeway).
+    pub(crate) until: u64,
+}
+
+/// The `jti`s of assertions already used, per client, until they expire.
+#[derive(Debug, Default)]
+pub(crate) struct SeenAssertions {
+    by_key: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+}
+
+impl SeenAssertions {
+    /// Records the assertion; false when it was used before (a replay) or
+    /// the memory is full of unexpired ones.
+    pub(crate) fn first_use(&self, client_id: &str, a: &Accepted, now: u64) -> bool {
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (client_id.to_owned(), a.jti.clone());
+        if map.get(&key).is_some_and(|until| *until >= now) {
+            return false;
+        }
+        if map.len() >= MAX_SEEN {
+            map.retain(|_, until| *until >= now);
+            if map.len() >= MAX_SEEN {
+                tracing::warn!("too many live client assertions remembered; refusing new ones");
+                return false;
+            }
+        }
+        map.insert(key, a.until);
+        true
+    }
 }
 
 #[derive(Deserialize)]
@@ -171,9 +224,9 @@ pub(crate) fn verify(
     jwks: &Value,
     audiences: &[&str],
     now: u64,
-) -> bool {
+) -> Option<Accepted> {
     let Ok(header) = jsonwebtoken::decode_header(assertion) else {
-        return false;
+        return None;
     };
     let keys = jwks["keys"].as_array().map(Vec::as_slice).unwrap_or(&[]);
     keys.iter()
@@ -186,7 +239,7 @@ pub(crate) fn verify(
         )
         .filter_map(|jwk| decoding_key(jwk).ok())
         .filter(|(algs, _)| algs.contains(&header.alg))
-        .any(|(_, key)| check(assertion, header.alg, &key, client_id, audiences, now))
+        .find_map(|(_, key)| check(assertion, header.alg, &key, client_id, audiences, now))
 }
 
 fn check(
@@ -196,25 +249,32 @@ fn check(
     client_id: &str,
     audiences: &[&str],
     now: u64,
-) -> bool {
+) -> Option<Accepted> {
     let mut validation = Validation::new(alg);
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
     let Ok(data) = jsonwebtoken::decode::<AssertionClaims>(assertion, key, &validation) else {
-        return false;
+        return None;
     };
     let c = data.claims;
     let aud_ok = match &c.aud {
         Audience::One(a) => audiences.contains(&a.as_str()),
         Audience::Many(list) => list.iter().any(|a| audiences.contains(&a.as_str())),
     };
-    c.iss == client_id
+    let jti = c.jti.filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)?;
+    let ok = c.iss == client_id
         && c.sub == client_id
         && aud_ok
         && now <= c.exp.saturating_add(LEEWAY_SECS)
         && c.exp <= now + MAX_ASSERTION_LIFETIME + LEEWAY_SECS
-        && c.nbf.is_none_or(|nbf| nbf <= now + LEEWAY_SECS)
+        && c.iat
+            .is_none_or(|iat| c.exp.saturating_sub(iat) <= MAX_ASSERTION_LIFETIME)
+        && c.nbf.is_none_or(|nbf| nbf <= now + LEEWAY_SECS);
+    ok.then(|| Accepted {
+        jti,
+        until: c.exp.saturating_add(LEEWAY_SECS),
+    })
 }
 
 #[cfg(test)]
@@ -265,13 +325,13 @@ pub(crate) mod tests {
         let jwks = validate_jwks(jwk).unwrap();
         let now = 1_000_000;
         let good = json!({"iss": "cg-1", "sub": "cg-1", "aud": "http://as/", "exp": now + 300, "jti": "j"});
-        assert!(verify(
-            &assertion(&key, good.clone()),
-            "cg-1",
-            &jwks,
-            AUD,
-            now
-        ));
+        assert_eq!(
+            verify(&assertion(&key, good.clone()), "cg-1", &jwks, AUD, now),
+            Some(Accepted {
+                jti: "j".into(),
+                until: now + 300 + LEEWAY_SECS
+            })
+        );
         assert_eq!(
             claimed_client_id(&assertion(&key, good.clone())).as_deref(),
             Some("cg-1")
@@ -281,7 +341,7 @@ pub(crate) mod tests {
             c.as_object_mut()
                 .unwrap()
                 .extend(change.as_object().unwrap().clone());
-            !verify(&assertion(&key, c), "cg-1", &jwks, AUD, now)
+            verify(&assertion(&key, c), "cg-1", &jwks, AUD, now).is_none()
         };
         assert!(bad(json!({"aud": "http://elsewhere"})));
         assert!(bad(json!({"aud": ["http://elsewhere"]})));
@@ -290,9 +350,37 @@ pub(crate) mod tests {
         assert!(bad(json!({"sub": "cg-2"})));
         assert!(bad(json!({"exp": now - 120})));
         assert!(bad(json!({"exp": now + 86_400})));
+        // Lifetime capped at 5 minutes, from now and from iat.
+        assert!(bad(json!({"exp": now + 300 + LEEWAY_SECS + 1})));
+        assert!(bad(json!({"iat": now - 100, "exp": now + 250})));
+        assert!(!bad(json!({"iat": now, "exp": now + 300})));
+        // jti is required, and bounded.
+        let mut no_jti = good.clone();
+        no_jti.as_object_mut().unwrap().remove("jti");
+        assert!(verify(&assertion(&key, no_jti), "cg-1", &jwks, AUD, now).is_none());
+        assert!(bad(json!({"jti": ""})));
+        assert!(bad(json!({"jti": "x".repeat(300)})));
         assert!(bad(json!({"nbf": now + 600})));
         // Someone else's key.
         let (other, _) = ed25519();
-        assert!(!verify(&assertion(&other, good), "cg-1", &jwks, AUD, now));
+        assert!(verify(&assertion(&other, good), "cg-1", &jwks, AUD, now).is_none());
+    }
+
+    #[test]
+    fn an_assertion_is_used_once_until_it_expires() {
+        let seen = SeenAssertions::default();
+        let a = Accepted {
+            jti: "j1".into(),
+            until: 1_000,
+        };
+        assert!(seen.first_use("c1", &a, 900));
+        assert!(!seen.first_use("c1", &a, 950), "replay accepted");
+        assert!(
+            seen.first_use("c2", &a, 950),
+            "another client's jti is its own"
+        );
+        // After expiry the assertion is refused by `verify` anyway; the
+        // entry may go.
+        assert!(seen.first_use("c1", &a, 1_001));
     }
 }

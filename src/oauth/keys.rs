@@ -1,9 +1,13 @@
 //! Signing keys: generated on first start, kept in the store so every replica
-//! validates every other's tokens, never deleted (old keys stay in the JWKS so
-//! tokens signed before a rotation keep validating).
+//! validates every other's tokens. Old keys stay in the JWKS while a token
+//! they signed may still be valid: a replica that first sees a key no longer
+//! active stamps it `retiredAt`, and the key is deleted once
+//! [`Retention`] has passed since (the longest token lifetime, static API
+//! keys included, plus a margin for replicas that signed with it a little
+//! longer before they synced).
 //!
 //! Layout: `_credgate/signing-keys/{kid}` holds `{kid, alg, publicJwk,
-//! privateKey, createdAt}` with `privateKey` encrypted under
+//! privateKey, createdAt, retiredAt?}` with `privateKey` encrypted under
 //! [`INTERNAL_KEYRING`] bound to the record path; `_credgate/signing-keys-active`
 //! names the key new tokens are signed with. Two replicas starting at once both
 //! write a key, but only one wins the check-and-set on the pointer; the loser
@@ -37,6 +41,31 @@ pub(crate) struct SigningKey {
     /// The public JWK as published in `/.well-known/jwks.json`.
     pub(crate) jwk: Value,
     encoding: Option<EncodingKey>,
+    /// Unix time a replica first saw this key no longer active.
+    retired_at: Option<i64>,
+}
+
+/// How long a retired key stays published.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    keep_secs: i64,
+}
+
+/// Added to the longest token lifetime: replicas keep signing with a key
+/// until their next sync, and validation has leeway.
+const RETENTION_MARGIN_SECS: i64 = 3600;
+
+impl Retention {
+    /// The longest lifetime any token can have (`oauth.max_token_minutes`,
+    /// `oauth.max_static_key_days`), plus the margin.
+    pub(crate) fn of(oauth: &crate::config::OAuthConfig) -> Self {
+        let longest = (oauth.max_token_minutes * 60).max(oauth.max_static_key_days * 86_400);
+        Retention {
+            keep_secs: i64::try_from(longest)
+                .unwrap_or(i64::MAX / 2)
+                .saturating_add(RETENTION_MARGIN_SECS),
+        }
+    }
 }
 
 impl fmt::Debug for SigningKey {
@@ -94,6 +123,7 @@ impl SigningKey {
             decoding,
             jwk: jwk.clone(),
             encoding: None,
+            retired_at: None,
         })
     }
 
@@ -257,7 +287,8 @@ async fn load_key(store: &dyn Store, kid: &str, private: bool) -> Result<Signing
         .read(&path)
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("signing key {kid} is missing")))?;
-    let key = SigningKey::from_jwk(kid, &rec.data["publicJwk"])?;
+    let mut key = SigningKey::from_jwk(kid, &rec.data["publicJwk"])?;
+    key.retired_at = rec.data.get("retiredAt").and_then(Value::as_i64);
     if !private {
         return Ok(key);
     }
@@ -296,6 +327,7 @@ fn pointer(kid: &str) -> Map<String, Value> {
 pub(crate) async fn load_or_create(
     store: &dyn Store,
     alg: SigningAlg,
+    retention: Retention,
 ) -> Result<KeySet, StoreError> {
     let wanted = wanted_alg(alg)?;
     for _ in 0..5 {
@@ -346,14 +378,18 @@ pub(crate) async fn load_or_create(
                 }
             }
         };
-        return complete(store, Arc::new(active), None).await;
+        return complete(store, Arc::new(active), None, retention).await;
     }
     Err(StoreError::Conflict)
 }
 
 /// Makes a new key of `alg` the active one; the old keys stay published so
 /// tokens they signed keep validating. Returns the new key set.
-pub(crate) async fn rotate(store: &dyn Store, alg: SigningAlg) -> Result<KeySet, StoreError> {
+pub(crate) async fn rotate(
+    store: &dyn Store,
+    alg: SigningAlg,
+    retention: Retention,
+) -> Result<KeySet, StoreError> {
     let wanted = wanted_alg(alg)?;
     for _ in 0..5 {
         let cas = match read_active_kid(store).await? {
@@ -367,7 +403,7 @@ pub(crate) async fn rotate(store: &dyn Store, alg: SigningAlg) -> Result<KeySet,
         {
             Ok(_) => {
                 tracing::info!(kid = %new.kid, "signing key rotated");
-                return complete(store, Arc::new(new), None).await;
+                return complete(store, Arc::new(new), None, retention).await;
             }
             Err(StoreError::Conflict) => {
                 // A concurrent rotation won; retry on top of it.
@@ -379,13 +415,41 @@ pub(crate) async fn rotate(store: &dyn Store, alg: SigningAlg) -> Result<KeySet,
     Err(StoreError::Conflict)
 }
 
+/// Stamps `retiredAt` on a key no longer active (keeping an earlier stamp).
+/// `None` when the record is gone (a start-up race's loser deleted it).
+async fn mark_retired(store: &dyn Store, kid: &str, now: i64) -> Result<Option<i64>, StoreError> {
+    let path = key_path(kid);
+    for _ in 0..3 {
+        let Some(rec) = store.read(&path).await? else {
+            return Ok(None);
+        };
+        if let Some(at) = rec.data.get("retiredAt").and_then(Value::as_i64) {
+            return Ok(Some(at));
+        }
+        let mut data = rec.data.clone();
+        data.insert("retiredAt".into(), json!(now));
+        match store
+            .write(&path, data, rec.metadata.clone(), Cas::Version(rec.version))
+            .await
+        {
+            Ok(_) => return Ok(Some(now)),
+            Err(StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
 /// Adds every other stored key (public half only) to `active`, reusing keys
-/// already in `known` (keys never change once written).
+/// already in `known` (keys never change once written, but for `retiredAt`),
+/// stamping newly retired keys and deleting those past `retention`.
 async fn complete(
     store: &dyn Store,
     active: Arc<SigningKey>,
     known: Option<&KeySet>,
+    retention: Retention,
 ) -> Result<KeySet, StoreError> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut by_kid = HashMap::new();
     by_kid.insert(active.kid.clone(), active.clone());
     for kid in store.list(KEYS_PREFIX).await? {
@@ -404,6 +468,26 @@ async fn complete(
                 Err(e) => return Err(e),
             },
         };
+        let key = match key.retired_at {
+            Some(_) => key,
+            None => match mark_retired(store, &kid, now).await? {
+                Some(at) => {
+                    let mut k = SigningKey::from_jwk(&kid, &key.jwk)?;
+                    k.retired_at = Some(at);
+                    Arc::new(k)
+                }
+                None => continue,
+            },
+        };
+        if key
+            .retired_at
+            .is_some_and(|at| now > at.saturating_add(retention.keep_secs))
+        {
+            // Every token it signed has expired.
+            store.delete(&key_path(&kid)).await?;
+            tracing::info!(kid, "pruned a retired signing key");
+            continue;
+        }
         by_kid.insert(key.kid.clone(), key);
     }
     Ok(KeySet { active, by_kid })
@@ -414,6 +498,7 @@ async fn complete(
 pub(crate) async fn reload(
     store: &dyn Store,
     current: &KeySet,
+    retention: Retention,
 ) -> Result<Option<KeySet>, StoreError> {
     let Some((kid, _)) = read_active_kid(store).await? else {
         return Ok(None);
@@ -423,9 +508,14 @@ pub(crate) async fn reload(
     } else {
         Arc::new(load_key(store, &kid, true).await?)
     };
-    let next = complete(store, active, Some(current)).await?;
-    let changed =
-        !Arc::ptr_eq(&next.active, &current.active) || next.by_kid.len() != current.by_kid.len();
+    let next = complete(store, active, Some(current), retention).await?;
+    let changed = !Arc::ptr_eq(&next.active, &current.active)
+        || next.by_kid.len() != current.by_kid.len()
+        || next.by_kid.iter().any(|(kid, k)| {
+            current
+                .get(kid)
+                .is_none_or(|c| c.retired_at != k.retired_at)
+        });
     Ok(changed.then_some(next))
 }
 
@@ -434,17 +524,94 @@ mod tests {
     use super::*;
     use crate::oauth::testing::MemStore;
 
+    const KEEP: Retention = Retention { keep_secs: 86_400 };
+
+    #[tokio::test]
+    async fn retired_keys_are_stamped_then_pruned_after_retention() {
+        let store = MemStore::default();
+        let first = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
+        let old = first.active.kid.clone();
+        let rotated = rotate(&store, SigningAlg::EdDSA, KEEP).await.unwrap();
+        // Still published, stamped retired now.
+        assert!(rotated.get(&old).is_some());
+        let rec = store.read(&key_path(&old)).await.unwrap().unwrap();
+        let at = rec.data["retiredAt"].as_i64().expect("retiredAt stamped");
+        assert!((OffsetDateTime::now_utc().unix_timestamp() - at).abs() < 60);
+        assert!(
+            store
+                .read(&key_path(&rotated.active.kid))
+                .await
+                .unwrap()
+                .unwrap()
+                .data
+                .get("retiredAt")
+                .is_none(),
+            "the active key is not retired"
+        );
+        // Within retention: stays on a reload, even with the stamp in the past.
+        let mut data = rec.data.clone();
+        data.insert("retiredAt".into(), json!(at - KEEP.keep_secs + 600));
+        store
+            .write(
+                &key_path(&old),
+                data,
+                BTreeMap::new(),
+                Cas::Version(rec.version),
+            )
+            .await
+            .unwrap();
+        let again = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
+        assert!(again.get(&old).is_some());
+        // Past retention (every token it signed has expired): gone.
+        let rec = store.read(&key_path(&old)).await.unwrap().unwrap();
+        let mut data = rec.data.clone();
+        data.insert("retiredAt".into(), json!(at - KEEP.keep_secs - 1));
+        store
+            .write(
+                &key_path(&old),
+                data,
+                BTreeMap::new(),
+                Cas::Version(rec.version),
+            )
+            .await
+            .unwrap();
+        let pruned = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
+        assert!(pruned.get(&old).is_none(), "retired key still published");
+        assert!(store.read(&key_path(&old)).await.unwrap().is_none());
+        assert_eq!(pruned.jwks()["keys"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn retention_covers_static_keys() {
+        let oauth = crate::config::OAuthConfig::default();
+        let r = Retention::of(&oauth);
+        assert_eq!(
+            r.keep_secs,
+            (oauth.max_static_key_days * 86_400) as i64 + RETENTION_MARGIN_SECS
+        );
+    }
+
     #[tokio::test]
     async fn rotation_activates_a_new_key_and_keeps_the_old() {
         let store = MemStore::default();
-        let first = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
-        let rotated = rotate(&store, SigningAlg::EdDSA).await.unwrap();
+        let first = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
+        let rotated = rotate(&store, SigningAlg::EdDSA, KEEP).await.unwrap();
         assert_ne!(first.active.kid, rotated.active.kid);
         assert!(
             rotated.get(&first.active.kid).is_some(),
             "old key still published"
         );
-        let again = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        let again = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
         assert_eq!(
             again.active.kid, rotated.active.kid,
             "a restart keeps the rotation"
@@ -454,7 +621,9 @@ mod tests {
     #[tokio::test]
     async fn first_start_creates_and_restart_keeps_the_key() {
         let store = MemStore::new();
-        let a = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        let a = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
         assert!(a.active.encoding().is_some());
         assert_eq!(a.jwks()["keys"][0]["kty"], "OKP");
         assert_eq!(a.jwks()["keys"][0]["kid"], &*a.active.kid);
@@ -466,7 +635,9 @@ mod tests {
                 .unwrap()
                 .starts_with("sealed:")
         );
-        let b = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
+        let b = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
         assert_eq!(a.active.kid, b.active.kid);
     }
 
@@ -474,8 +645,8 @@ mod tests {
     async fn racing_replicas_converge_on_one_key() {
         let store = MemStore::new();
         let (a, b) = tokio::join!(
-            load_or_create(&store, SigningAlg::EdDSA),
-            load_or_create(&store, SigningAlg::EdDSA)
+            load_or_create(&store, SigningAlg::EdDSA, KEEP),
+            load_or_create(&store, SigningAlg::EdDSA, KEEP)
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.active.kid, b.active.kid);
@@ -485,22 +656,28 @@ mod tests {
     #[tokio::test]
     async fn changing_algorithm_rotates_and_keeps_the_old_key() {
         let store = MemStore::new();
-        let ed = load_or_create(&store, SigningAlg::EdDSA).await.unwrap();
-        let es = load_or_create(&store, SigningAlg::ES256).await.unwrap();
+        let ed = load_or_create(&store, SigningAlg::EdDSA, KEEP)
+            .await
+            .unwrap();
+        let es = load_or_create(&store, SigningAlg::ES256, KEEP)
+            .await
+            .unwrap();
         assert_eq!(es.active.alg, Algorithm::ES256);
         assert!(es.get(&ed.active.kid).is_some());
         assert_eq!(es.jwks()["keys"].as_array().unwrap().len(), 2);
         // A replica still on the old set picks the rotation up.
-        let next = reload(&store, &ed).await.unwrap().unwrap();
+        let next = reload(&store, &ed, KEEP).await.unwrap().unwrap();
         assert_eq!(next.active.kid, es.active.kid);
         assert!(next.active.encoding().is_some());
-        assert!(reload(&store, &next).await.unwrap().is_none());
+        assert!(reload(&store, &next, KEEP).await.unwrap().is_none());
     }
 
     #[tokio::test]
     async fn rs256_keys_are_published_and_reload() {
         let store = MemStore::new();
-        let set = load_or_create(&store, SigningAlg::RS256).await.unwrap();
+        let set = load_or_create(&store, SigningAlg::RS256, KEEP)
+            .await
+            .unwrap();
         assert_eq!(set.active.alg, Algorithm::RS256);
         let jwk = &set.jwks()["keys"][0];
         assert_eq!(
@@ -508,7 +685,9 @@ mod tests {
             (Some("RSA"), Some("RS256"))
         );
         assert!(jwk.get("d").is_none());
-        let again = load_or_create(&store, SigningAlg::RS256).await.unwrap();
+        let again = load_or_create(&store, SigningAlg::RS256, KEEP)
+            .await
+            .unwrap();
         assert_eq!(again.active.kid, set.active.kid);
         assert!(again.active.encoding().is_some());
     }

@@ -140,6 +140,8 @@ pub struct Authority {
     /// authentication, its own counters (a client hammering a wrong secret
     /// does not lock the operator out of the admin API, nor the reverse).
     admin_throttle: throttle::Throttle,
+    /// `jti`s of `private_key_jwt` assertions already used (this process).
+    seen_assertions: assertion::SeenAssertions,
     /// Wakes the sync loop early (a token named a kid we do not know yet).
     sync_now: Notify,
     /// SHA-256 of the bootstrap admin token (`CREDGATE_ADMIN_TOKEN`),
@@ -169,7 +171,12 @@ impl Authority {
         let changes = Arc::new(sync::Changes::default());
         // Note the marker first: a change made while we load triggers a reload.
         changes.moved(&*store).await?;
-        let keys = keys::load_or_create(&*store, config.oauth.signing_alg).await?;
+        let keys = keys::load_or_create(
+            &*store,
+            config.oauth.signing_alg,
+            keys::Retention::of(&config.oauth),
+        )
+        .await?;
         let clients = ClientRegistry::new(store.clone(), changes.clone());
         clients.reload().await?;
         let revocations = revoke::Revocations::default();
@@ -188,6 +195,7 @@ impl Authority {
                 config.oauth.max_failures_per_client,
                 config.oauth.max_failures_per_address,
             ),
+            seen_assertions: assertion::SeenAssertions::default(),
             store,
             metrics,
             audit,
@@ -258,7 +266,12 @@ impl Authority {
     /// Signs new tokens with a fresh key from now on; older keys stay in the
     /// JWKS. Other replicas pick the new key up at their next sync.
     pub async fn rotate_signing_key(&self) -> Result<Arc<str>, StoreError> {
-        let next = keys::rotate(&*self.store, self.oauth.signing_alg).await?;
+        let next = keys::rotate(
+            &*self.store,
+            self.oauth.signing_alg,
+            keys::Retention::of(&self.oauth),
+        )
+        .await?;
         let kid = next.active.kid.clone();
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.changes.announce(&*self.store).await;

@@ -4,7 +4,7 @@
 //! revokedAt}`) and in memory, where every request checks them. A record
 //! outlives its token by the validation leeway, then the sync loop removes it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use crate::audit::{AuditEvent, AuditKind};
 use crate::client_addr::Resolved;
 use crate::error::{AuthFailure, OAuthError, OAuthErrorCode};
 use crate::http::{Body, BoxError, json_no_store};
-use crate::store::{Cas, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 pub(crate) const REVOCATIONS_PREFIX: &str = "_credgate/revocations";
 
@@ -62,7 +62,7 @@ impl Revocations {
         data.insert("revokedAt".into(), json!(now));
         let path = format!("{REVOCATIONS_PREFIX}/{}", v.jti);
         // Revoking twice is harmless, so the last writer may win.
-        store.write(&path, data, BTreeMap::new(), Cas::Any).await?;
+        crate::store::overwrite(store, &path, data).await?;
         self.by_jti
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -6,7 +6,6 @@
 //! its announcement. Steady state: one small read per interval, whatever the
 //! number of clients.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, json};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{Authority, jwt, keys};
-use crate::store::{Cas, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 pub(crate) const CHANGES_PATH: &str = "_credgate/oauth-changes";
 
@@ -42,10 +41,7 @@ impl Changes {
             .format(&Rfc3339)
             .unwrap_or_default();
         data.insert("changedAt".into(), json!(at));
-        match store
-            .write(CHANGES_PATH, data, BTreeMap::new(), Cas::Any)
-            .await
-        {
+        match crate::store::overwrite(store, CHANGES_PATH, data).await {
             // Our own change is already in memory: no need to reload for it,
             // unless someone else's change slipped in between.
             Ok(v) => {
@@ -115,7 +111,9 @@ impl Authority {
         }
         let result = async {
             self.clients.reload().await?;
-            if let Some(next) = keys::reload(&*self.store, &self.keys()).await? {
+            if let Some(next) =
+                keys::reload(&*self.store, &self.keys(), keys::Retention::of(&self.oauth)).await?
+            {
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
             }
             self.revocations.reload(&*self.store, jwt::unix_now()).await

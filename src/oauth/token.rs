@@ -211,9 +211,13 @@ fn authenticate_assertion(
     let iss = &*auth.issuer;
     let (slash, endpoint) = (format!("{iss}/"), format!("{iss}/oauth/token"));
     let audiences = [iss, slash.as_str(), endpoint.as_str()];
-    let verified = client.jwks.as_ref().is_some_and(|jwks| {
-        assertion::verify(token, &client.client_id, jwks, &audiences, jwt::unix_now())
-    });
+    let now = jwt::unix_now();
+    // Replay is checked only after the signature: strangers cannot fill it.
+    let verified = client
+        .jwks
+        .as_ref()
+        .and_then(|jwks| assertion::verify(token, &client.client_id, jwks, &audiences, now))
+        .is_some_and(|a| auth.seen_assertions.first_use(&client.client_id, &a, now));
     if verified {
         Ok(client)
     } else {

@@ -10,11 +10,23 @@
 //! provider answers `invalid_grant`, and the credential is marked
 //! `reauthorization_required`: never a silent failure, never an old token
 //! injected. The window is one store write long.
+//!
+//! If the process lives but the store refuses that write (store down,
+//! repeated check-and-set conflicts), the new pair is kept in memory,
+//! served, counted (`credgate_credential_persist_failures_total`), audited
+//! (`refresh-persist-failed`) and written in the background (see [`pending`]).
+//!
+//! Upstream 401s refresh a credential at most once per
+//! `refresh.min_interval_seconds` (the caller then gets the upstream's 401);
+//! provider answers are capped at 64 KiB and an access token must be a valid
+//! header value ([`provider_http`]).
 
+pub mod pending;
+pub mod provider_http;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -33,6 +45,7 @@ use crate::config::{ClientAuthMethod, Config, IntegrationGrant};
 use crate::credentials::{self, Credential, Status, Stored, usable_at};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::refresh::provider_http::LimitedClient;
 use crate::store::{Cas, INTERNAL_PREFIX, Store, StoreError};
 
 /// How long a refresh lease holds before another replica may take over.
@@ -75,6 +88,10 @@ pub enum RefreshError {
     Provider(String),
     #[error("credential not connected")]
     NotConnected,
+    /// An upstream 401 asked for a refresh within `refresh.min_interval_seconds`
+    /// of the last one it caused: the caller gets the upstream's 401.
+    #[error("refresh after upstream 401 throttled")]
+    Throttled,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -98,6 +115,10 @@ impl From<RefreshError> for ProxyError {
                 retry_after_secs: RETRY_AFTER_SECS,
             },
             RefreshError::NotConnected => ProxyError::IntegrationNotConnected { connect_url: None },
+            // Handled where upstream 401s are; should it surface, it is retriable.
+            RefreshError::Throttled => ProxyError::CredentialRefreshFailed {
+                retry_after_secs: RETRY_AFTER_SECS,
+            },
             RefreshError::Store(e) => credentials::store_error(&e),
         }
     }
@@ -152,6 +173,18 @@ fn classify<RE: std::error::Error + 'static>(
     }
 }
 
+/// A provider's access token, if credgate can inject it: RFC 6750 token
+/// characters only (visible ASCII and space, RFC 6749 VSCHAR). Anything else
+/// would make every later request fail, so it is a refresh failure instead.
+fn injectable(token: &str) -> Result<SecretString, RefreshError> {
+    if token.is_empty() || !token.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(RefreshError::Provider(
+            "provider access token is not a valid header value".into(),
+        ));
+    }
+    Ok(SecretString::from(token.to_owned()))
+}
+
 /// The OAuth apps of the configured integrations that can refresh.
 fn providers_of(config: &Config) -> Result<BTreeMap<String, Provider>, String> {
     let mut providers = BTreeMap::new();
@@ -199,11 +232,19 @@ pub struct Refresher {
     metrics: Arc<Metrics>,
     audit: Arc<Audit>,
     due: schedule::DueIndex,
-    before_secs: i64,
+    before_secs: AtomicI64,
+    /// `refresh.min_interval_seconds`, and when an upstream 401 last caused a
+    /// refresh of each credential (`""` as tenant: a minted token).
+    min_interval_secs: AtomicU64,
+    /// `refresh.concurrency`: scheduled refreshes at once.
+    concurrency: AtomicU64,
+    after_unauthorized: Mutex<HashMap<Key, tokio::time::Instant>>,
     /// Integration-wide tokens of `grant = "client_credentials"` integrations,
     /// with the time to renew each.
     minted: Mutex<HashMap<String, (Stored, OffsetDateTime)>>,
     minted_version: AtomicU64,
+    /// Refreshed pairs the store did not take yet.
+    unpersisted: pending::Unpersisted,
 }
 
 impl Refresher {
@@ -231,16 +272,73 @@ impl Refresher {
             metrics,
             audit,
             due: schedule::DueIndex::default(),
-            before_secs: config.refresh.before_seconds as i64,
+            before_secs: AtomicI64::new(config.refresh.before_seconds as i64),
+            min_interval_secs: AtomicU64::new(config.refresh.min_interval_seconds),
+            concurrency: AtomicU64::new(config.refresh.concurrency as u64),
+            after_unauthorized: Mutex::new(HashMap::new()),
             minted: Mutex::new(HashMap::new()),
             minted_version: AtomicU64::new(1),
+            unpersisted: pending::Unpersisted::default(),
         })
     }
 
-    /// Takes the integrations of a reloaded config.
+    /// Takes the integrations and `[refresh]` timings of a reloaded config.
     pub fn reload_providers(&self, config: &Config) -> Result<(), String> {
         self.providers.store(Arc::new(providers_of(config)?));
+        self.before_secs
+            .store(config.refresh.before_seconds as i64, Ordering::Relaxed);
+        self.min_interval_secs
+            .store(config.refresh.min_interval_seconds, Ordering::Relaxed);
+        self.concurrency
+            .store(config.refresh.concurrency as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether an upstream 401 may refresh this credential now: at most once
+    /// per `refresh.min_interval_seconds`, so an upstream that refuses every
+    /// token cannot turn each request into a provider call. Records the use.
+    fn may_refresh_after_unauthorized(&self, tenant: &str, integration: &str) -> bool {
+        let interval = Duration::from_secs(self.min_interval_secs.load(Ordering::Relaxed));
+        let now = tokio::time::Instant::now();
+        let mut map = self
+            .after_unauthorized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let key = (tenant.to_owned(), integration.to_owned());
+        if map
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < interval)
+        {
+            return false;
+        }
+        if map.len() >= 1024 {
+            // Bounded: only credentials within their interval are remembered.
+            map.retain(|_, t| now.duration_since(*t) < interval);
+        }
+        map.insert(key, now);
+        true
+    }
+
+    /// `refresh.concurrency` as last (re)loaded.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.load(Ordering::Relaxed) as usize
+    }
+
+    /// `refresh.before_seconds` as last (re)loaded.
+    pub fn before_secs(&self) -> i64 {
+        self.before_secs.load(Ordering::Relaxed)
+    }
+
+    /// The credential as credgate should use it: the stored record, or a
+    /// refreshed pair the store has not taken yet (see [`pending`]).
+    pub async fn load_current(
+        &self,
+        tenant: &str,
+        integration: &str,
+    ) -> Result<Option<Stored>, StoreError> {
+        Ok(credentials::load(self.store.as_ref(), tenant, integration)
+            .await?
+            .map(|s| self.unpersisted.overlay(tenant, integration, s)))
     }
 
     /// The scheduled-refresh index.
@@ -251,14 +349,14 @@ impl Refresher {
     /// Whether a credential is within `refresh.before_seconds` of expiry.
     fn due_now(&self, c: &Credential, now: OffsetDateTime) -> bool {
         c.expires_at
-            .is_some_and(|e| (e - now).whole_seconds() <= self.before_secs)
+            .is_some_and(|e| (e - now).whole_seconds() <= self.before_secs())
     }
 
     /// Tells the schedule about a credential just written.
     pub fn note_written(&self, tenant: &str, integration: &str, c: &Credential) {
         let auto = c.auto_refresh && c.status == Status::Active;
         self.due
-            .note(tenant, integration, c.expires_at, auto, self.before_secs);
+            .note(tenant, integration, c.expires_at, auto, self.before_secs());
     }
 
     fn key_lock(&self, tenant: &str, integration: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -287,9 +385,9 @@ impl Refresher {
         let _held = lock.lock().await;
         let mut seen = seen_version;
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        let mut admitted = !matches!(trigger, Trigger::Unauthorized);
         loop {
-            let Some(stored) = credentials::load(self.store.as_ref(), tenant, integration).await?
-            else {
+            let Some(stored) = self.load_current(tenant, integration).await? else {
                 if self.mints_tokens(integration) {
                     drop(_held);
                     return self.minted_token(integration, seen, trigger).await;
@@ -311,12 +409,18 @@ impl Refresher {
                 self.note_written(tenant, integration, &stored.credential);
                 return Ok(stored);
             }
+            if !admitted {
+                if !self.may_refresh_after_unauthorized(tenant, integration) {
+                    return Err(RefreshError::Throttled);
+                }
+                admitted = true;
+            }
             match self.acquire_lease(tenant, integration).await? {
                 Some(lease_version) => {
                     // Read again under the lease: another replica may have
                     // refreshed between our read and the lease, and the
                     // refresh token we read is then consumed.
-                    let current = credentials::load(self.store.as_ref(), tenant, integration).await;
+                    let current = self.load_current(tenant, integration).await;
                     let current = match current {
                         Ok(Some(c)) if c.version == stored.version => c,
                         Ok(_) => {
@@ -359,9 +463,7 @@ impl Refresher {
         let outcome = self.call_provider(integration, &stored.credential).await;
         let label = |result: &str| {
             self.metrics
-                .credential_refresh_total
-                .with_label_values(&[integration, trigger.as_str(), result])
-                .inc();
+                .count_refresh(integration, trigger.as_str(), result, tenant);
         };
         let audit = |kind: AuditKind, reason: Option<&str>| {
             self.audit.record(
@@ -377,9 +479,19 @@ impl Refresher {
         };
         match outcome {
             Ok(fresh) => {
-                let stored = self
-                    .write_refreshed(tenant, integration, stored, fresh)
-                    .await?;
+                let stored = match self
+                    .write_refreshed(tenant, integration, stored.clone(), fresh.clone())
+                    .await
+                {
+                    Ok(written) => {
+                        self.unpersisted.clear(tenant, integration);
+                        written
+                    }
+                    Err(RefreshError::Store(e)) => {
+                        self.keep_unpersisted(tenant, integration, trigger, &stored, fresh, &e)
+                    }
+                    Err(e) => return Err(e),
+                };
                 self.note_written(tenant, integration, &stored.credential);
                 label("success");
                 audit(AuditKind::RefreshSuccess, None);
@@ -414,6 +526,46 @@ impl Refresher {
         }
     }
 
+    /// The provider answered but the store refused the write: the new pair
+    /// is kept and served (the old refresh token is consumed), counted,
+    /// audited, and written in the background.
+    fn keep_unpersisted(
+        &self,
+        tenant: &str,
+        integration: &str,
+        trigger: Trigger,
+        base: &Stored,
+        fresh: Credential,
+        error: &StoreError,
+    ) -> Stored {
+        tracing::warn!(tenant, integration, error = %error,
+            "refreshed credential not persisted; kept in memory, retrying the write");
+        self.metrics
+            .credential_persist_failures_total
+            .with_label_values(&[integration])
+            .inc();
+        self.audit.record(
+            AuditKind::RefreshPersistFailed,
+            AuditEvent {
+                tenant: Some(tenant),
+                integration: Some(integration),
+                actor: Some(trigger.as_str()),
+                reason: Some(match error {
+                    StoreError::Conflict => "conflict",
+                    _ => "store_unavailable",
+                }),
+                ..Default::default()
+            },
+        );
+        self.unpersisted
+            .keep(self.store.clone(), tenant, integration, base, fresh.clone());
+        Stored {
+            credential: fresh,
+            version: base.version,
+            updated_at: base.updated_at.clone(),
+        }
+    }
+
     /// Whether credgate obtains this integration's token itself.
     pub fn mints_tokens(&self, integration: &str) -> bool {
         self.providers
@@ -443,12 +595,15 @@ impl Refresher {
         {
             return Ok(s);
         }
+        if matches!(trigger, Trigger::Unauthorized)
+            && !self.may_refresh_after_unauthorized("", integration)
+        {
+            return Err(RefreshError::Throttled);
+        }
         let result = self.fetch_minted(integration).await;
         let outcome = if result.is_ok() { "success" } else { "error" };
         self.metrics
-            .credential_refresh_total
-            .with_label_values(&[integration, trigger.as_str(), outcome])
-            .inc();
+            .count_refresh(integration, trigger.as_str(), outcome, "");
         let (credential, lifetime) = result.inspect_err(|e| {
             tracing::warn!(integration, error = %e, "client_credentials token request failed");
             self.audit.record(
@@ -497,7 +652,7 @@ impl Refresher {
             .client()
             .exchange_client_credentials()
             .add_scopes(p.scopes.iter().cloned())
-            .request_async(&self.http)
+            .request_async(&LimitedClient(&self.http))
             .await
             .map_err(classify)?;
         let lifetime = resp
@@ -506,7 +661,7 @@ impl Refresher {
         let now = OffsetDateTime::now_utc();
         Ok((
             Credential {
-                access_token: SecretString::from(resp.access_token().secret().to_owned()),
+                access_token: injectable(resp.access_token().secret())?,
                 refresh_token: None,
                 expires_at: lifetime.map(|l| now + l),
                 scopes: resp
@@ -540,12 +695,12 @@ impl Refresher {
         let resp = p
             .client()
             .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
-            .request_async(&self.http)
+            .request_async(&LimitedClient(&self.http))
             .await
             .map_err(classify)?;
         let now = OffsetDateTime::now_utc();
         Ok(Credential {
-            access_token: SecretString::from(resp.access_token().secret().to_owned()),
+            access_token: injectable(resp.access_token().secret())?,
             // A provider that does not rotate leaves the old refresh token valid.
             refresh_token: Some(
                 resp.refresh_token()
@@ -595,9 +750,7 @@ impl Refresher {
                     });
                 }
                 Err(StoreError::Conflict) => {
-                    let Some(now) =
-                        credentials::load(self.store.as_ref(), tenant, integration).await?
-                    else {
+                    let Some(now) = self.load_current(tenant, integration).await? else {
                         return Err(RefreshError::NotConnected);
                     };
                     let same_grant = match (
@@ -664,6 +817,57 @@ impl Refresher {
             .await
         {
             tracing::debug!(error = %e, "refresh lease release failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refresher(min_interval_seconds: u64) -> Refresher {
+        let mut config = Config::default();
+        config.refresh.min_interval_seconds = min_interval_seconds;
+        Refresher::new(
+            &config,
+            crate::tls::client_config(None).unwrap(),
+            Arc::new(crate::oauth::testing::MemStore::new()),
+            Arc::new(Metrics::new()),
+            Arc::new(Audit::discard()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_401s_refresh_a_credential_once_per_interval() {
+        let r = refresher(30);
+        assert!(r.may_refresh_after_unauthorized("t1", "gh"));
+        assert!(
+            !r.may_refresh_after_unauthorized("t1", "gh"),
+            "second 401 within 30 s"
+        );
+        // Per credential: another tenant, another integration, a minted token.
+        assert!(r.may_refresh_after_unauthorized("t2", "gh"));
+        assert!(r.may_refresh_after_unauthorized("t1", "other"));
+        assert!(r.may_refresh_after_unauthorized("", "gh"));
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!r.may_refresh_after_unauthorized("t1", "gh"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(r.may_refresh_after_unauthorized("t1", "gh"));
+        // 0 turns the limit off.
+        let off = refresher(0);
+        assert!(off.may_refresh_after_unauthorized("t1", "gh"));
+        assert!(off.may_refresh_after_unauthorized("t1", "gh"));
+    }
+
+    #[test]
+    fn only_header_safe_tokens_are_injectable() {
+        assert!(injectable("gho_abc-._~+/=").is_ok());
+        for bad in ["", "a\r\nX-Evil: 1", "tab\there", "caf\u{e9}", "nul\0"] {
+            assert!(
+                matches!(injectable(bad), Err(RefreshError::Provider(_))),
+                "{bad:?} accepted"
+            );
         }
     }
 }

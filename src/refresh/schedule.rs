@@ -207,7 +207,6 @@ pub async fn start(
     credentials: Arc<Credentials>,
     interval: Duration,
     before_secs: i64,
-    concurrency: usize,
 ) -> Result<JobScheduler, String> {
     let store = credentials.store().clone();
     match scan(store.as_ref(), credentials.refresher().due(), before_secs).await {
@@ -232,13 +231,19 @@ pub async fn start(
             }
             if rescan {
                 let store = credentials.store().clone();
-                if let Err(e) =
-                    scan(store.as_ref(), credentials.refresher().due(), before_secs).await
+                if let Err(e) = scan(
+                    store.as_ref(),
+                    credentials.refresher().due(),
+                    // Live: a SIGHUP may have changed it.
+                    credentials.refresher().before_secs(),
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "refresh schedule rescan failed");
                 }
             }
-            let n = tick(&credentials, concurrency).await;
+            // `refresh.concurrency` as last (re)loaded.
+            let n = tick(&credentials, credentials.refresher().concurrency()).await;
             if n > 0 {
                 tracing::debug!(refreshed = n, "refresh tick");
             }

@@ -130,6 +130,31 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// How many check-and-set conflicts [`overwrite`] rides out.
+const OVERWRITE_ATTEMPTS: usize = 5;
+
+/// Writes `data` over whatever is at `path`, still with check-and-set (KV
+/// mounts with `cas_required` refuse any other write): reads the version,
+/// writes on it, and starts again on a conflict. For records where the last
+/// writer may win (revocations, the change marker).
+pub async fn overwrite(
+    store: &dyn Store,
+    path: &str,
+    data: Map<String, Value>,
+) -> Result<u64, StoreError> {
+    let mut attempt = 0;
+    loop {
+        let cas = match store.read(path).await? {
+            Some(r) => Cas::Version(r.version),
+            None => Cas::Absent,
+        };
+        match store.write(path, data.clone(), BTreeMap::new(), cas).await {
+            Err(StoreError::Conflict) if attempt + 1 < OVERWRITE_ATTEMPTS => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
 /// Opens the configured backend.
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer
@@ -102,6 +103,9 @@ class OAuthProvider:
         self.valid_access: set[str] = set()
         self.refresh_calls: list[dict] = []
         self.mode = "ok"
+        # Called (no arguments) after a grant was answered and before the answer is sent:
+        # lets a test break something in the window between the provider and the store.
+        self.after_grant: Callable[[], None] | None = None
         self._lock = threading.Lock()
         provider = self
 
@@ -164,7 +168,10 @@ class OAuthProvider:
                 if provider.mode == "invalid_grant":
                     for t in provider.tokens.values():
                         t.revoked = True
-                return server.create_token_response()
+                answer = server.create_token_response()
+                if provider.after_grant is not None:
+                    provider.after_grant()
+                return answer
 
         self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
         self.port = self._server.server_port

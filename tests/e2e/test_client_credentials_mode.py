@@ -36,7 +36,11 @@ def cgate(tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream, provider
                 "client_id": APP_ID,
                 "auth_method": "client_secret_basic",
                 "scope": "read",
-            }
+            },
+            # These tests make the upstream refuse the shared token several times within
+            # seconds; the default (one 401-triggered re-mint per 30 s) would pass the
+            # later 401s straight back (tested in test_hardening_core.py).
+            "refresh": {"min_interval_seconds": 0},
         },
         {"SVC_CLIENT_SECRET": provider.client.client_secret},
     )

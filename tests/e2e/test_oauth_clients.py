@@ -26,7 +26,8 @@ import jwt
 import pytest
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import OAuth2Client
-from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from authlib.oauth2.rfc7523 import PrivateKeyJWT as _AuthlibPrivateKeyJWT
+from authlib.oauth2.rfc7523.assertion import private_key_jwt_sign
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
@@ -37,6 +38,22 @@ NODE_TIMEOUT = 60.0
 
 
 # ----- helpers ---------------------------------------------------------------------------
+
+
+class PrivateKeyJWT(_AuthlibPrivateKeyJWT):
+    """Authlib's `private_key_jwt`, with assertions that live 5 minutes: credgate refuses
+    longer ones (Authlib's default is an hour; the MCP SDKs use 300 s)."""
+
+    def sign(self, auth, token_endpoint):  # noqa: ANN001, ANN201
+        return private_key_jwt_sign(
+            auth.client_secret,
+            client_id=auth.client_id,
+            token_endpoint=token_endpoint,
+            claims=None if self.claims is None else dict(self.claims),
+            header=self.headers,
+            alg=self.alg,
+            expires_in=300,
+        )
 
 
 def _key_pair(kind: str) -> tuple[Any, dict[str, Any], str, str]:

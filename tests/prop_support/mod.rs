@@ -340,10 +340,12 @@ impl Fixture {
         jsonwebtoken::encode(&header, &claims, &key).expect("sign assertion")
     }
 
+    /// A fresh assertion each call: credgate accepts each `jti` once.
     pub fn good_assertion(&self) -> String {
         let now = unix_now();
+        let jti = uuid::Uuid::new_v4().to_string();
         self.assertion(json!({"iss": self.jwt_client_id, "sub": self.jwt_client_id,
-                              "aud": ISSUER, "exp": now + 300, "iat": now, "jti": "seed"}))
+                              "aud": ISSUER, "exp": now + 300, "iat": now, "jti": jti}))
     }
 
     pub fn basic(&self) -> String {

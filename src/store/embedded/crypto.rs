@@ -171,6 +171,18 @@ fn aead_key(key: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
 }
 
+/// The key that authenticates every log entry: HKDF-SHA256 of the master
+/// key, for this one purpose. Whoever can write the file but lacks the master
+/// key cannot make an entry that passes.
+pub(super) fn record_mac_key(master: &[u8; 32]) -> ring::hmac::Key {
+    use ring::hkdf;
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"credgate:embedded-store").extract(master);
+    prk.expand(&[b"credgate:record-mac:v1"], ring::hmac::HMAC_SHA256)
+        // Infallible: one 32-byte output block is well within HKDF's limit.
+        .expect("HKDF output length")
+        .into()
+}
+
 /// The header's proof of which master key made the store.
 pub(super) fn key_check(master: &[u8; 32]) -> Result<String, StoreError> {
     Ok(B64.encode(seal(master, KEY_CHECK_AAD, &[])?))

@@ -1,8 +1,11 @@
 //! The on-disk log: framed JSON entries, appended and fsynced one at a time.
 //!
 //! A frame is `"CGF1"` ‖ payload length (u32 LE) ‖ CRC-32 of (length ‖
-//! payload) (u32 LE) ‖ payload (one JSON [`Entry`]). The first frame of a file
-//! is always a [`Entry::Header`].
+//! payload) (u32 LE) ‖ payload. The payload is one JSON [`Entry`] followed
+//! by its HMAC-SHA256 tag, keyed by [`super::crypto::record_mac_key`] (format
+//! 2); an entry whose tag does not verify was not written with the master
+//! key and is refused, naming the file. Format 1 (no tag) is read only to
+//! migrate it. The first frame of a file is always a [`Entry::Header`].
 //!
 //! A bad frame with no valid frame after it is a torn tail (a crash
 //! mid-append, or a write still in flight): it is ignored here and cut off by
@@ -24,7 +27,11 @@ const FRAME_HEADER: usize = 12;
 /// Larger frames are refused on write and treated as damage on read.
 pub(super) const MAX_PAYLOAD: usize = 64 << 20;
 /// Version of the entry format, in every header.
-pub(super) const FORMAT: u32 = 1;
+pub(super) const FORMAT: u32 = 2;
+/// The format before entries carried a tag: migrated on open.
+pub(super) const LEGACY_FORMAT: u32 = 1;
+/// HMAC-SHA256 tag at the end of every payload.
+const TAG_LEN: usize = 32;
 
 /// One whole operation. Only `Put` carries record contents.
 #[derive(Serialize, Deserialize)]
@@ -77,10 +84,12 @@ pub(super) struct Frame {
     pub(super) entry: Entry,
 }
 
-/// Frames one entry.
-pub(super) fn encode(entry: &Entry) -> Result<Vec<u8>, StoreError> {
-    let payload = serde_json::to_vec(entry)
+/// Frames one entry, with its tag.
+pub(super) fn encode(entry: &Entry, mac: &ring::hmac::Key) -> Result<Vec<u8>, StoreError> {
+    let mut payload = serde_json::to_vec(entry)
         .map_err(|e| StoreError::Refused(format!("record does not serialize: {e}")))?;
+    let tag = ring::hmac::sign(mac, &payload);
+    payload.extend_from_slice(tag.as_ref());
     if payload.len() > MAX_PAYLOAD {
         return Err(StoreError::Refused(format!(
             "record too large ({} bytes, limit {MAX_PAYLOAD})",
@@ -96,8 +105,28 @@ pub(super) fn encode(entry: &Entry) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-/// The entry in one frame's payload.
-pub(super) fn decode(payload: &[u8], start: u64) -> Result<Entry, StoreError> {
+/// The entry in one frame's payload, once its tag verifies.
+pub(super) fn decode(
+    payload: &[u8],
+    start: u64,
+    mac: &ring::hmac::Key,
+    file: &Path,
+) -> Result<Entry, StoreError> {
+    let forged = || {
+        StoreError::Corrupt(format!(
+            "{}: the entry at byte {start} is not authenticated by this store's master key \
+             (written without it: refusing the store)",
+            file.display()
+        ))
+    };
+    let split = payload.len().checked_sub(TAG_LEN).ok_or_else(forged)?;
+    let (json, tag) = payload.split_at(split);
+    ring::hmac::verify(mac, json, tag).map_err(|_| forged())?;
+    decode_legacy(json, start)
+}
+
+/// The entry in a format-1 payload (no tag): for migration only.
+pub(super) fn decode_legacy(payload: &[u8], start: u64) -> Result<Entry, StoreError> {
     serde_json::from_slice(payload).map_err(|e| {
         StoreError::Corrupt(format!(
             "entry at byte {start} is not a credgate entry: {e}"
@@ -234,7 +263,11 @@ pub(super) fn scan(
 /// Parses the bytes of a file from offset `base`. Returns the frames and the
 /// offset just past the last valid one (anything after it is a torn tail).
 #[cfg(test)]
-pub(super) fn parse(buf: &[u8], base: u64) -> Result<(Vec<Frame>, u64), StoreError> {
+pub(super) fn parse(
+    buf: &[u8],
+    base: u64,
+    mac: &ring::hmac::Key,
+) -> Result<(Vec<Frame>, u64), StoreError> {
     let mut frames = Vec::new();
     let read = |a: u64, b: u64| {
         let slice = |x: u64| ((x - base) as usize).min(buf.len());
@@ -245,7 +278,7 @@ pub(super) fn parse(buf: &[u8], base: u64) -> Result<(Vec<Frame>, u64), StoreErr
         base,
         base + buf.len() as u64,
         |start, end, payload| {
-            let entry = decode(payload, start)?;
+            let entry = decode(payload, start, mac, Path::new("test"))?;
             frames.push(Frame { start, end, entry });
             Ok(ControlFlow::Continue(()))
         },
@@ -333,9 +366,14 @@ impl LogFile {
     }
 
     /// The entry of the frame at `loc` (see [`LogFile::read_frame`]).
-    pub(super) fn read_entry(&self, path: &Path, loc: Loc) -> Result<Entry, StoreError> {
+    pub(super) fn read_entry(
+        &self,
+        path: &Path,
+        loc: Loc,
+        mac: &ring::hmac::Key,
+    ) -> Result<Entry, StoreError> {
         let (bytes, payload) = self.read_frame(path, loc)?;
-        decode(&bytes[payload], loc.at)
+        decode(&bytes[payload], loc.at, mac, path)
     }
 
     /// Writes `bytes` at `at` (cutting any torn tail first) and syncs. On
@@ -388,15 +426,33 @@ pub(super) fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 mod tests {
     use super::*;
 
+    fn mac() -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[1; 32])
+    }
+
     fn delete(path: &str) -> Vec<u8> {
-        encode(&Entry::Delete { path: path.into() }).unwrap()
+        encode(&Entry::Delete { path: path.into() }, &mac()).unwrap()
+    }
+
+    #[test]
+    fn an_entry_without_the_right_tag_is_refused_naming_the_file() {
+        let buf = delete("a");
+        assert_eq!(parse(&buf, 0, &mac()).unwrap().0.len(), 1);
+        let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[2; 32]);
+        let Err(StoreError::Corrupt(m)) = parse(&buf, 0, &other) else {
+            panic!("accepted an entry tagged with another key")
+        };
+        assert!(
+            m.contains("test: the entry at byte 0 is not authenticated"),
+            "{m}"
+        );
     }
 
     #[test]
     fn frames_round_trip_and_report_their_bounds() {
         let mut buf = delete("a");
         buf.extend(delete("bb"));
-        let (frames, end) = parse(&buf, 100).unwrap();
+        let (frames, end) = parse(&buf, 100, &mac()).unwrap();
         assert_eq!(frames.len(), 2);
         assert!(matches!(&frames[1].entry, Entry::Delete { path } if path == "bb"));
         assert_eq!(frames[0].start, 100);
@@ -409,22 +465,25 @@ mod tests {
         let one = delete("a");
         let mut buf = one.clone();
         buf.extend_from_slice(&one[..one.len() - 3]);
-        let (frames, end) = parse(&buf, 0).unwrap();
+        let (frames, end) = parse(&buf, 0, &mac()).unwrap();
         assert_eq!((frames.len(), end), (1, one.len() as u64));
 
         let mut damaged = one.clone();
         damaged[FRAME_HEADER + 2] ^= 0x20;
         damaged.extend(one);
-        assert!(matches!(parse(&damaged, 0), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            parse(&damaged, 0, &mac()),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
     fn a_foreign_file_is_refused() {
         assert!(matches!(
-            parse(b"[store]\n", 0),
+            parse(b"[store]\n", 0, &mac()),
             Err(StoreError::Corrupt(_))
         ));
         // A prefix of the magic is a torn first frame, not a foreign file.
-        assert_eq!(parse(b"CG", 0).unwrap().1, 0);
+        assert_eq!(parse(b"CG", 0, &mac()).unwrap().1, 0);
     }
 }

@@ -75,6 +75,8 @@ impl fmt::Debug for EmbeddedStore {
 struct Inner {
     path: PathBuf,
     master: KeyBytes,
+    /// Authenticates every log entry (derived from `master`).
+    mac: ring::hmac::Key,
     /// The `<path>.lock` file; the mutex serializes this process's writers,
     /// the OS lock on the file serializes processes.
     writer: Mutex<File>,
@@ -130,7 +132,8 @@ impl EmbeddedStore {
 
         lock.lock()
             .map_err(|e| io_err("cannot lock", &lock_path, e))?;
-        let state = state::init_and_load(&path, &master);
+        let mac = crypto::record_mac_key(&master);
+        let state = state::init_and_load(&path, &master, &mac);
         if let Err(e) = lock.unlock() {
             tracing::warn!(error = %e, "cannot unlock the store lock file");
         }
@@ -145,6 +148,7 @@ impl EmbeddedStore {
             inner: Arc::new(Inner {
                 path,
                 master,
+                mac,
                 writer: Mutex::new(lock),
                 state: Mutex::new(state),
                 compact_min_bytes,
@@ -188,7 +192,7 @@ impl Inner {
                 fs::metadata(&self.path).map_err(|e| io_err("cannot stat", &self.path, e))?;
             let len = meta.len();
             if FileId::of(&meta) != log.id || len < offset {
-                let fresh = state::load(&self.path, &self.master)?;
+                let fresh = state::load(&self.path, &self.master, &self.mac)?;
                 self.install(&log, fresh);
                 continue;
             }
@@ -199,7 +203,7 @@ impl Inner {
                     len,
                 });
             }
-            let ops = state::read_ops(&log, &self.path, offset, len)?;
+            let ops = state::read_ops(&log, &self.path, offset, len, &self.mac)?;
             let mut s = self.state();
             if !Arc::ptr_eq(&s.log, &log) {
                 continue; // reloaded meanwhile: look again
@@ -251,7 +255,7 @@ impl Inner {
     /// Appends `entry` after the caught-up state (cutting a torn tail), syncs,
     /// and applies it. Call only inside [`Inner::locked`].
     fn append(&self, synced: &Synced, entry: Entry) -> Result<(), StoreError> {
-        let bytes = log::encode(&entry)?;
+        let bytes = log::encode(&entry, &self.mac)?;
         let op = Op::of(entry);
         synced
             .log
@@ -281,7 +285,7 @@ impl Inner {
                 None => return Ok(None),
             }
         };
-        state::read_record(&log, &self.path, path, slot).map(Some)
+        state::read_record(&log, &self.path, path, slot, &self.mac).map(Some)
     }
 
     fn write(
@@ -413,7 +417,7 @@ impl Inner {
                 .open(&tmp)
                 .map_err(|e| io_err("cannot create", &tmp, e))?;
             let mut out = BufWriter::new(file);
-            out.write_all(&log::encode(&header)?)
+            out.write_all(&log::encode(&header, &self.mac)?)
                 .map_err(|e| io_err("cannot write", &tmp, e))?;
             for at in &frames {
                 let (bytes, _) = log.read_frame(&self.path, *at)?;

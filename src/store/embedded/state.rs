@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -94,10 +96,14 @@ pub(super) fn read_ops(
     path: &Path,
     from: u64,
     to: u64,
+    mac: &ring::hmac::Key,
 ) -> Result<Vec<(Loc, Op)>, StoreError> {
     let mut ops = Vec::new();
     log::scan(log, path, from, to, |start, end, payload| {
-        ops.push((loc(start, end), Op::of(log::decode(payload, start)?)));
+        ops.push((
+            loc(start, end),
+            Op::of(log::decode(payload, start, mac, path)?),
+        ));
         Ok(ControlFlow::Continue(()))
     })?;
     Ok(ops)
@@ -112,8 +118,13 @@ fn loc(start: u64, end: u64) -> Loc {
 }
 
 /// Under the store lock: writes the header into a new (or torn-at-birth)
-/// file, drops a stale compaction file, then replays the log.
-pub(super) fn init_and_load(path: &Path, master: &KeyBytes) -> Result<State, StoreError> {
+/// file, migrates a format-1 file, drops a stale compaction file, then
+/// replays the log.
+pub(super) fn init_and_load(
+    path: &Path,
+    master: &KeyBytes,
+    mac: &ring::hmac::Key,
+) -> Result<State, StoreError> {
     let log = LogFile::open(path)?;
     let len = file_len(&log, path)?;
     let mut any = false;
@@ -122,25 +133,134 @@ pub(super) fn init_and_load(path: &Path, master: &KeyBytes) -> Result<State, Sto
         Ok(ControlFlow::Break(()))
     })?;
     if !any {
-        let header = log::encode(&Entry::Header {
-            format: log::FORMAT,
-            generation: 1,
-            key_check: crypto::key_check(master)?,
-        })?;
+        let header = log::encode(
+            &Entry::Header {
+                format: log::FORMAT,
+                generation: 1,
+                key_check: crypto::key_check(master)?,
+            },
+            mac,
+        )?;
         log.append(path, 0, len, &header)?;
         log::sync_dir(path)?;
+    } else {
+        migrate_legacy(path, &log, len, master, mac)?;
     }
     let _ = fs::remove_file(sibling(path, ".compact"));
-    load(path, master)
+    load(path, master, mac)
+}
+
+/// Rewrites a format-1 store (entries without tags, written by credgate
+/// before record authentication) as format 2: every entry, in order, tagged.
+/// Only after the header's key check proves the caller holds the master key
+/// that made the store. Returns whether it migrated.
+fn migrate_legacy(
+    path: &Path,
+    log: &LogFile,
+    len: u64,
+    master: &KeyBytes,
+    mac: &ring::hmac::Key,
+) -> Result<bool, StoreError> {
+    let mut first = None;
+    log::scan(log, path, 0, len, |_, _, payload| {
+        first = Some(payload.to_vec());
+        Ok(ControlFlow::Break(()))
+    })?;
+    let Some(first) = first else {
+        return Ok(false);
+    };
+    if log::decode(&first, 0, mac, path).is_ok() {
+        return Ok(false);
+    }
+    let Ok(Entry::Header {
+        format: log::LEGACY_FORMAT,
+        generation,
+        key_check,
+    }) = log::decode_legacy(&first, 0)
+    else {
+        return Ok(false); // not format 1: load() says what is wrong
+    };
+    crypto::verify_key_check(master, &key_check)?;
+    let tmp = sibling(path, ".migrate");
+    let write_err = |e: std::io::Error| io_err("cannot write", &tmp, e);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io_err("cannot create", &tmp, e))?;
+    let mut out = BufWriter::new(file);
+    let header = Entry::Header {
+        format: log::FORMAT,
+        generation: generation + 1,
+        key_check,
+    };
+    out.write_all(&log::encode(&header, mac)?)
+        .map_err(write_err)?;
+    let mut entries = 0u64;
+    let copied = log::scan(log, path, 0, len, |start, _, payload| {
+        if start == 0 {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let entry = log::decode_legacy(payload, start)?;
+        if matches!(entry, Entry::Header { .. }) {
+            return Err(StoreError::Corrupt(format!(
+                "header entry in the middle of the log at byte {start}"
+            )));
+        }
+        out.write_all(&log::encode(&entry, mac)?)
+            .map_err(write_err)?;
+        entries += 1;
+        Ok(ControlFlow::Continue(()))
+    });
+    let done = copied.and_then(|_| {
+        let file = out.into_inner().map_err(|e| write_err(e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| io_err("cannot sync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| io_err("cannot rename", &tmp, e))?;
+        log::sync_dir(path)
+    });
+    if let Err(e) = done {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    tracing::warn!(path = %path.display(), entries,
+        "migrated the store to authenticated entries (format 2); older credgate versions cannot read it");
+    Ok(true)
+}
+
+/// Fails with the wrong-master-key error when `payload` (a tagged header)
+/// holds a key check that `master` does not open.
+fn wrong_key_check(payload: &[u8], master: &KeyBytes) -> Result<(), StoreError> {
+    let json = &payload[..payload.len().saturating_sub(32)];
+    match log::decode_legacy(json, 0) {
+        Ok(Entry::Header { key_check, .. }) => crypto::verify_key_check(master, &key_check),
+        _ => Ok(()),
+    }
 }
 
 /// Replays the whole file at `path`, a chunk at a time.
-pub(super) fn load(path: &Path, master: &KeyBytes) -> Result<State, StoreError> {
+pub(super) fn load(
+    path: &Path,
+    master: &KeyBytes,
+    mac: &ring::hmac::Key,
+) -> Result<State, StoreError> {
     let log = Arc::new(LogFile::open(path)?);
     let len = file_len(&log, path)?;
     let mut state: Option<State> = None;
     log::scan(&log, path, 0, len, |start, end, payload| {
-        let op = Op::of(log::decode(payload, start)?);
+        let entry = match log::decode(payload, start, mac, path) {
+            Ok(entry) => entry,
+            Err(e) => {
+                if start == 0 {
+                    // Another master key fails the tag too: say that instead.
+                    wrong_key_check(payload, master)?;
+                }
+                return Err(e);
+            }
+        };
+        let op = Op::of(entry);
         match &mut state {
             Some(s) => s.apply(loc(start, end), op, master)?,
             None => state = Some(State::new(Arc::clone(&log), op, end, master)?),
@@ -265,8 +385,9 @@ pub(super) fn read_record(
     file: &Path,
     path: &str,
     slot: Slot,
+    mac: &ring::hmac::Key,
 ) -> Result<Record, StoreError> {
-    match log.read_entry(file, slot.loc)? {
+    match log.read_entry(file, slot.loc, mac)? {
         Entry::Put {
             path: p,
             version,

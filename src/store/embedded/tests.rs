@@ -178,7 +178,7 @@ async fn records_and_keys_persist_across_reopen() {
 /// The whole file parses with no torn tail.
 fn replays_cleanly(cfg: &StoreConfig) {
     let bytes = fs::read(&cfg.path).unwrap();
-    let (frames, end) = log::parse(&bytes, 0).unwrap();
+    let (frames, end) = log::parse(&bytes, 0, &crypto::record_mac_key(&KEY)).unwrap();
     assert!(!frames.is_empty());
     assert_eq!(end, bytes.len() as u64, "file ends with a torn tail");
 }
@@ -674,4 +674,117 @@ async fn a_handle_reads_what_another_handle_wrote_after_its_index_was_built() {
         put(&b, "t1/x", 3, Cas::Version(1)).await,
         Err(StoreError::Conflict)
     ));
+}
+
+/// A frame as credgate wrote it before entries carried a tag (format 1), or
+/// as someone without the master key would forge one.
+fn untagged_frame(entry: &Value) -> Vec<u8> {
+    let payload = serde_json::to_vec(entry).unwrap();
+    let len = (payload.len() as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len);
+    h.update(&payload);
+    let mut out = b"CGF1".to_vec();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&h.finalize().to_le_bytes());
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn forged_client() -> Value {
+    json!({"op": "put", "path": "_credgate/clients/evil", "version": 1,
+           "data": {"scopes": ["admin"], "active": true}, "metadata": {},
+           "updated_at": "2026-01-01T00:00:00Z"})
+}
+
+#[tokio::test]
+async fn a_record_appended_without_the_master_key_is_refused_naming_the_file() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    put(&open(&cfg), "t1/github", 1, Cas::Absent).await.unwrap();
+    // Well-formed, valid CRC, but no tag: what a writer without the key makes.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&cfg.path)
+        .unwrap()
+        .write_all(&untagged_frame(&forged_client()))
+        .unwrap();
+    let err = EmbeddedStore::open_with_master_key(&cfg, KEY).unwrap_err();
+    let StoreError::Corrupt(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(m.contains(&cfg.path.display().to_string()), "{m}");
+    assert!(m.contains("not authenticated"), "{m}");
+
+    // Tagged with a key derived from another master key: refused the same way.
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    put(&open(&cfg), "t1/github", 1, Cas::Absent).await.unwrap();
+    let Value::Object(forged) = forged_client() else {
+        unreachable!()
+    };
+    let entry: log::Entry = serde_json::from_value(Value::Object(forged)).unwrap();
+    let other = crypto::record_mac_key(&[9; 32]);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&cfg.path)
+        .unwrap()
+        .write_all(&log::encode(&entry, &other).unwrap())
+        .unwrap();
+    assert!(matches!(
+        EmbeddedStore::open_with_master_key(&cfg, KEY),
+        Err(StoreError::Corrupt(m)) if m.contains("not authenticated")
+    ));
+}
+
+#[tokio::test]
+async fn a_format_1_store_is_migrated_under_its_master_key() {
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    let mut legacy = untagged_frame(&json!({"op": "header", "format": 1, "generation": 3,
+        "key_check": crypto::key_check(&KEY).unwrap()}));
+    legacy.extend(untagged_frame(
+        &json!({"op": "put", "path": "t1/github", "version": 1,
+        "data": {"n": 1}, "metadata": {}, "updated_at": "2026-01-01T00:00:00Z"}),
+    ));
+    legacy.extend(untagged_frame(
+        &json!({"op": "put", "path": "t1/github", "version": 2,
+        "data": {"n": 2}, "metadata": {}, "updated_at": "2026-01-01T00:00:01Z"}),
+    ));
+    fs::write(&cfg.path, &legacy).unwrap();
+
+    // Another master key cannot migrate (or read) it.
+    assert!(matches!(
+        EmbeddedStore::open_with_master_key(&cfg, [8; 32]),
+        Err(StoreError::Refused(m)) if m == crypto::WRONG_MASTER_KEY
+    ));
+    assert_eq!(
+        fs::read(&cfg.path).unwrap(),
+        legacy,
+        "a refused open changed the file"
+    );
+
+    let store = open(&cfg);
+    assert_eq!(n_of(&store, "t1/github").await, Some((2, 2)));
+    assert_eq!(
+        put(&store, "t1/github", 3, Cas::Version(2)).await.unwrap(),
+        3
+    );
+    replays_cleanly(&cfg);
+    let (frames, _) = log::parse(
+        &fs::read(&cfg.path).unwrap(),
+        0,
+        &crypto::record_mac_key(&KEY),
+    )
+    .unwrap();
+    assert!(matches!(
+        frames[0].entry,
+        log::Entry::Header {
+            format: 2,
+            generation: 4,
+            ..
+        }
+    ));
+    assert_eq!(n_of(&open(&cfg), "t1/github").await, Some((3, 3)));
 }

@@ -339,7 +339,32 @@ impl Endpoint {
             .namespace(self.namespace.clone())
             .build()
             .map_err(|e| Failure::Local(format!("vault client settings: {e}")))?;
-        VaultClient::new(settings).map_err(|e| Failure::from_vaultrs(e, self.timeout_ms))
+        let mut client =
+            VaultClient::new(settings).map_err(|e| Failure::from_vaultrs(e, self.timeout_ms))?;
+        // vaultrs builds its reqwest client with the default redirect policy,
+        // which would carry `X-Vault-Token` to wherever a 3xx points. Swap in
+        // one with the same TLS settings that never follows a redirect.
+        client.http.http = self.http_client()?;
+        Ok(client)
+    }
+
+    /// The HTTP client under every Vault call: rustls with the configured CA,
+    /// the timeout, and no redirects (a 3xx is answered as an error).
+    fn http_client(&self) -> Result<reqwest::Client, Failure> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(Duration::from_millis(self.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none());
+        for path in &self.ca_certs {
+            let pem = std::fs::read(path)
+                .map_err(|e| Failure::Local(format!("VAULT_CACERT {path}: {e}")))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Failure::Local(format!("VAULT_CACERT {path}: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        builder
+            .build()
+            .map_err(|e| Failure::Local(format!("vault http client: {e}")))
     }
 }
 
