@@ -38,11 +38,23 @@ authorize_url = "https://p.example/authorize"
 client_id = "id"
 client_secret_env = "X_SECRET"
 connect_url = "https://p.example/connect"
+scopes = ["repo"]
+revocation_url = "https://p.example/revoke"
+issuer = "https://p.example"
+authorize_params = { prompt = "consent" }
+[rate_limit.redis]
+url = "redis://127.0.0.1:6379"
+[tracing]
+otlp_endpoint = "http://127.0.0.1:4318"
 [[routes]]
 integration = "x"
 path_prefix = "/x"
 host = "x.example"
 upstream = "http://127.0.0.1:1"
+tool_scopes = { "delete_*" = ["mcp:write"] }
+[[routes.deny]]
+when = 'tool == "x"'
+message = "no"
 "#;
 
 fn paths(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
@@ -60,8 +72,14 @@ fn paths(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
                 } else {
                     format!("{prefix}.{key}")
                 };
-                // An inline-table value (`inject = { header = … }`) is documented as a whole.
-                if matches!(v, toml::Value::Table(_)) && path != "routes[].inject" {
+                // Inline tables whose keys are the user's (`inject = { header = … }`, tool
+                // globs, provider parameters) are documented as a whole.
+                let whole = [
+                    "routes[].inject",
+                    "routes[].tool_scopes",
+                    "integrations.<name>.authorize_params",
+                ];
+                if matches!(v, toml::Value::Table(_)) && !whole.contains(&path.as_str()) {
                     paths(&path, v, out);
                 } else if let toml::Value::Array(items) = v
                     && items.iter().all(toml::Value::is_table)
