@@ -110,7 +110,7 @@ def test_browser_connects_and_the_provider_token_reaches_the_upstream_then_rotat
 
     meta = gate.admin("GET", f"/api/admin/credentials/{tenant}/gh")
     assert meta.status_code == 200, describe(meta)
-    m = meta.json()
+    m = meta.json()["credential"]
     assert m["status"] == "active" and m["hasRefreshToken"] and m["autoRefresh"], m
     assert set(m["scopes"]) >= {"repo", "offline_access"}, m
     events = [e["event"] for e in audit_events(gate, tenant)]
@@ -132,7 +132,7 @@ def test_browser_connects_and_the_provider_token_reaches_the_upstream_then_rotat
     assert second != first and provider.introspect(second)["sub"] == "alice"
     refreshes = [t for t in provider.stats()["tokenRequests"] if t["grant_type"] == "refresh_token"]
     assert any(t["status"] == 200 for t in refreshes), refreshes
-    assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["refreshCount"] == 1
+    assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["credential"]["refreshCount"] == 1
     # neither token is in credgate's logs (debug level) or audit log
     logs = gate.logs() + gate.audit_path.read_text()
     assert first not in logs and second not in logs
@@ -281,7 +281,7 @@ def test_replicas_on_openbao_redeem_a_racing_callback_once(tmp_path: Path, guard
         assert len(provider.code_redemptions()) == 1, provider.code_redemptions()
         for g in (a, b):
             meta = g.admin("GET", f"/api/admin/credentials/{tenant}/gh")
-            assert meta.status_code == 200 and meta.json()["status"] == "active", describe(meta)
+            assert meta.status_code == 200 and meta.json()["credential"]["status"] == "active", describe(meta)
     finally:
         b.stop()
         a.stop()

@@ -207,7 +207,7 @@ def test_reauthorization_required_elicits_a_reconnect(world: tuple[Credgate, Con
     with browser_client() as c:
         authorize = start_flow(c, e["url"])
         assert c.get(provider_walk(c, authorize, callback_url(gate), login="dave")).status_code == 200
-    assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["status"] == "active"
+    assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["credential"]["status"] == "active"
     fresh = injected_bearer_of(gate, token)
     assert fresh != access and provider.introspect(fresh)["sub"] == "dave"
 

@@ -141,7 +141,7 @@ def test_settings_page_in_the_browser(world: tuple[Credgate, ConnectProvider], t
 
         _click(driver, "gh", "Refresh now")
         wait_for(driver, lambda d: "Credential refreshed." in d.page_source)
-        assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["refreshCount"] == 1
+        assert gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["credential"]["refreshCount"] == 1
         assert "not yet" not in _row(driver, "gh").text  # last refresh shown
 
         r = gate.proxy("GET", "/guarded/x", token)

@@ -224,12 +224,12 @@ def test_hostile_provider_answer_is_a_refresh_failure_and_nothing_is_stored(
     hostile.answer = (kind, body)
     old = f"old-{secrets.token_hex(8)}"
     tenant, token = _tenant(hostile_gate, old, "r1")
-    before = hostile_gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()
+    before = hostile_gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["credential"]
     calls = hostile.calls
     r = hostile_gate.admin("POST", f"/api/admin/credentials/{tenant}/gh/refresh")
     assert hostile.calls == calls + 1, "the provider was not asked"
     assert r.status_code == 503, describe(r)
-    after = hostile_gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()
+    after = hostile_gate.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["credential"]
     assert after["version"] == before["version"] and after["refreshCount"] == before["refreshCount"], (before, after)
     # the credential credgate had keeps working
     marker = unique("hp")
@@ -311,7 +311,7 @@ def test_rotated_refresh_token_survives_a_failed_store_write(
         bao.client.sys.create_or_update_policy("cg", FULL_POLICY)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            meta = g.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()
+            meta = g.admin("GET", f"/api/admin/credentials/{tenant}/gh").json()["credential"]
             if meta.get("refreshCount") == 1:
                 break
             time.sleep(0.3)
