@@ -30,7 +30,7 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
-from support import REPO, Client, Credgate, MemoryTokenStorage, describe, http, unique
+from support import REPO, Client, Credgate, MemoryTokenStorage, describe, http, unique, upstream_auth
 
 NODE_DIR = REPO / "tests" / "node"
 NODE_TIMEOUT = 60.0
@@ -73,7 +73,7 @@ def _oauth2_client(client_id: str, secret: Any, method: str, **kw: Any) -> OAuth
 
 def _echo_auth_header(resp: Any) -> str | None:
     """The Authorization header the echo upstream received."""
-    return next((v for k, v in resp.json()["headers"] if k.lower() == "authorization"), None)
+    return next(iter(upstream_auth(resp)), None)
 
 
 # ----- 1. Authlib --------------------------------------------------------------------------

@@ -10,16 +10,7 @@ import time
 
 import httpx
 from echo_upstream import EchoUpstream
-from support import Credgate, describe, route, unique
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+from support import Credgate, describe, eventually, route, unique
 
 
 def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: EchoUpstream) -> None:
@@ -51,7 +42,7 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
 
     t = threading.Thread(target=stream)
     t.start()
-    assert _wait(lambda: len(events) >= 1), "stream did not start"
+    assert eventually(lambda: len(events) >= 1), "stream did not start"
 
     # Good config: a new route and a tight tenant rate limit.
     gate.routes = [route("echo", "/echo", echo.url), route("later", "/later", echo.url)]
@@ -59,14 +50,14 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
     gate.config_path.write_text(gate.config_text())
     assert gate.proc is not None
     gate.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: gate.proxy("GET", "/later/x", token).status_code != 404), "new route not served"
+    assert eventually(lambda: gate.proxy("GET", "/later/x", token).status_code != 404), "new route not served"
     statuses = [gate.proxy("GET", "/echo/x", token).status_code for _ in range(6)]
     assert 429 in statuses, f"reloaded rate limit not applied: {statuses}"
 
     # Bad config: refused, logged, the running one kept.
     gate.config_path.write_text(gate.config_text() + "\n[proxy]\nbogus_key = 1\n")
     gate.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: "new configuration refused" in gate.logs()), gate.log_tail()
+    assert eventually(lambda: "new configuration refused" in gate.logs()), gate.log_tail()
     time.sleep(1.1)  # let the 1/s bucket refill a token
     assert gate.proxy("GET", "/later/x", token).status_code == 200
     assert gate.proc.poll() is None, "credgate died on a bad config"
