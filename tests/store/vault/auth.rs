@@ -120,12 +120,7 @@ async fn approle_logs_in_renews_and_logs_in_again_when_revoked() {
         .await;
         assert!(started.elapsed() > Duration::from_secs(3));
         assert_eq!(store.auth_stats().logins, 1, "renewed, not replaced");
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(loads(&store, "acme", "github").await);
 
         // Revoke every token of the mount: the next call gets 403, logs in
         // again, and succeeds.
@@ -135,12 +130,7 @@ async fn approle_logs_in_renews_and_logs_in_again_when_revoked() {
             Some(json!({"sync": true})),
         )
         .await;
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(loads(&store, "acme", "github").await);
         assert_eq!(store.auth_stats().logins, 2);
 
         // Bad or missing credentials fail at open, naming the problem.
@@ -223,21 +213,8 @@ async fn kubernetes_login_goes_through_token_review() {
         let store = VaultStore::open(&cfg).await.expect("kubernetes open");
         assert_eq!(store.auth_stats().logins, 1);
         assert!(review.reviews() >= 1, "Vault asked the TokenReview API");
-        credentials::save(
-            &store,
-            "acme",
-            "github",
-            &credential("t", None),
-            Cas::Absent,
-        )
-        .await
-        .unwrap();
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        save_new(&store, "acme", "github", "t").await;
+        assert!(loads(&store, "acme", "github").await);
 
         // Another service account's JWT is turned away.
         let other = VaultConfig {

@@ -71,20 +71,13 @@ async fn init_script_policy_is_sufficient_and_narrow() {
         )
         .await
         .unwrap();
-        credentials::save(&store, "acme", "slack", &credential("b", None), Cas::Absent)
-            .await
-            .unwrap();
+        save_new(&store, "acme", "slack", "b").await;
         let mut c = credential("a2", Some("r2"));
         c.refresh_count = 1;
         credentials::save(&store, "acme", "github", &c, Cas::Version(1))
             .await
             .unwrap();
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(loads(&store, "acme", "github").await);
         put(&store, "_credgate/clients/c1", 1, Cas::Absent)
             .await
             .unwrap();
@@ -188,12 +181,7 @@ async fn init_script_policy_is_sufficient_and_narrow() {
         })
         .await
         .expect("kubernetes open");
-        assert!(
-            credentials::load(&k8s, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(loads(&k8s, "acme", "github").await);
         assert!(review.reviews() >= 1);
     })
     .await;
@@ -243,15 +231,7 @@ async fn the_namespace_header_scopes_every_call() {
             ..VaultConfig::default()
         };
         let store = open_token(&cfg, &bao.root_token).await;
-        credentials::save(
-            &store,
-            "acme",
-            "github",
-            &credential("t", None),
-            Cas::Absent,
-        )
-        .await
-        .unwrap();
+        save_new(&store, "acme", "github", "t").await;
         let (code, raw) = in_ns("GET", "kv/data/acme/github", None).await;
         assert_eq!(code, 200);
         assert!(
@@ -264,12 +244,7 @@ async fn the_namespace_header_scopes_every_call() {
         assert_eq!(code, 200);
         // Nothing landed in the root namespace.
         assert_eq!(bao.root("GET", "kv/data/acme/github", None).await.0, 404);
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(loads(&store, "acme", "github").await);
     })
     .await;
 }

@@ -89,13 +89,6 @@ pub(crate) fn obj(v: Value) -> Map<String, Value> {
     }
 }
 
-pub(crate) fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
 pub(crate) async fn put(
     store: &VaultStore,
     path: &str,
@@ -119,6 +112,27 @@ pub(crate) fn credential(access: &str, refresh: Option<&str>) -> Credential {
         refresh_count: 0,
         status: Status::Active,
     }
+}
+
+/// Saves a new credential (access token only) for `tenant/integration`.
+pub(crate) async fn save_new(store: &VaultStore, tenant: &str, integration: &str, access: &str) {
+    credentials::save(
+        store,
+        tenant,
+        integration,
+        &credential(access, None),
+        Cas::Absent,
+    )
+    .await
+    .unwrap();
+}
+
+/// Whether `tenant/integration` loads, i.e. is there and decrypts.
+pub(crate) async fn loads(store: &VaultStore, tenant: &str, integration: &str) -> bool {
+    credentials::load(store, tenant, integration)
+        .await
+        .unwrap()
+        .is_some()
 }
 
 /// The policy file with its mount names replaced, as init-vault.sh does.

@@ -114,15 +114,7 @@ async fn sealed_or_killed_vault_is_unavailable_then_recovers() {
             ..config(&bao, &m)
         };
         let store = open_token(&cfg, &bao.root_token).await;
-        credentials::save(
-            &store,
-            "acme",
-            "github",
-            &credential("tok", None),
-            Cas::Absent,
-        )
-        .await
-        .unwrap();
+        save_new(&store, "acme", "github", "tok").await;
 
         // Without the CA, TLS verification fails: Unavailable, not a crash.
         let untrusted = open_token(
@@ -147,12 +139,7 @@ async fn sealed_or_killed_vault_is_unavailable_then_recovers() {
             store.health().await.is_ok() && store.read("acme/github").await.is_ok()
         })
         .await;
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(loads(&store, "acme", "github").await);
 
         // Killed: connection refused → Unavailable promptly (retries included).
         bao.kill();
@@ -178,9 +165,7 @@ async fn sealed_or_killed_vault_is_unavailable_then_recovers() {
             .unwrap()
             .unwrap();
         assert_eq!(s.credential.access_token.expose_secret(), "tok");
-        credentials::save(&store, "acme", "slack", &credential("x", None), Cas::Absent)
-            .await
-            .unwrap();
+        save_new(&store, "acme", "slack", "x").await;
     })
     .await;
 }
@@ -309,21 +294,8 @@ async fn a_store_opened_before_vault_starts_logs_in_once_it_is_up() {
         })
         .await;
         assert_eq!(store.auth_stats().logins, 1);
-        credentials::save(
-            &store,
-            "acme",
-            "github",
-            &credential("t", None),
-            Cas::Absent,
-        )
-        .await
-        .unwrap();
-        assert!(
-            credentials::load(&store, "acme", "github")
-                .await
-                .unwrap()
-                .is_some()
-        );
+        save_new(&store, "acme", "github", "t").await;
+        assert!(loads(&store, "acme", "github").await);
         store.health().await.unwrap();
     })
     .await;

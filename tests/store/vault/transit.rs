@@ -180,15 +180,7 @@ async fn rewrap_after_rotation_moves_ciphertexts_to_the_latest_version() {
         )
         .await
         .unwrap();
-        credentials::save(
-            &store,
-            "acme",
-            "slack",
-            &credential("a2", None),
-            Cas::Absent,
-        )
-        .await
-        .unwrap();
+        save_new(&store, "acme", "slack", "a2").await;
         put(&store, "acme/x/deep", 1, Cas::Absent).await.unwrap(); // a folder: skipped
         assert_eq!(
             store.rewrap_tenant("acme").await.unwrap(),
