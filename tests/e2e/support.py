@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,17 @@ def seen_auth(echo: Any, marker: str) -> list[str]:
         if marker in r["path"]:
             out += [v for k, v in r["headers"] if k.lower() == "authorization"]
     return out
+
+
+def sse_events(gate: Credgate, path: str, token: str, timeout: float = 10.0) -> Iterator[Any]:
+    """The JSON `data:` events of `GET path` through credgate as they arrive (the answer must
+    be a 200). Closing the generator, or leaving a loop over it, hangs up."""
+    with httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False) as c:
+        with c.stream("GET", f"{gate.url}{path}", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status_code == 200, describe(r)
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
 
 
 def eventually(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> Any:

@@ -3,14 +3,12 @@ new config is refused, logged, and the running one kept."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 
-import httpx
 from echo_upstream import EchoUpstream
-from support import Credgate, describe, eventually, route, unique
+from support import Credgate, eventually, route, sse_events, unique
 
 
 def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: EchoUpstream) -> None:
@@ -27,16 +25,8 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
 
     def stream() -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(20.0), trust_env=False) as c:
-                with c.stream(
-                    "GET",
-                    f"{gate.url}/echo/sse?n=12&delay=0.25&id={unique('s')}",
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as r:
-                    assert r.status_code == 200, describe(r)
-                    for line in r.iter_lines():
-                        if line.startswith("data: "):
-                            events.append(json.loads(line[6:]))
+            for event in sse_events(gate, f"/echo/sse?n=12&delay=0.25&id={unique('s')}", token, timeout=20.0):
+                events.append(event)
         except BaseException as e:  # reported below
             failed.append(e)
 
