@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 import jwt
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CREDGATE_BIN = Path(os.environ.get("CREDGATE_BIN", REPO / "target" / "debug" / "credgate"))
@@ -205,6 +207,38 @@ def access_claims(gate: Credgate, client: Client, **over: Any) -> dict[str, Any]
 def b64url(data: bytes) -> str:
     """Unpadded base64url, as in JWTs and JWKs."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+NODE_DIR = REPO / "tests" / "node"
+NODE_TIMEOUT = 60.0
+
+
+def run_node_client(script: str, env: dict[str, str]) -> dict[str, Any]:
+    """Runs `node tests/node/<script>` (a client on the TypeScript MCP SDK) with `env` added
+    and no proxy variables. Its last line on stdout is its JSON result, whose `ok` must be
+    true."""
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed: scripts/test.sh installs it")
+    if not (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        pytest.fail("tests/node dependencies missing: npm ci --prefix tests/node")
+    full_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    full_env.update(env)
+    try:
+        p = subprocess.run(
+            ["node", str(NODE_DIR / script)],
+            cwd=NODE_DIR,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=NODE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{script} did not finish in {NODE_TIMEOUT}s: {e.stdout!r} {e.stderr!r}") from e
+    out = p.stdout.decode(errors="replace").strip().splitlines()
+    assert out, f"node printed nothing (exit {p.returncode}): {p.stderr.decode(errors='replace')[-2000:]}"
+    result = json.loads(out[-1])
+    assert p.returncode == 0 and result.get("ok"), f"{script} failed: {result}\n{p.stderr.decode()[-2000:]}"
+    return result
 
 
 @dataclass
