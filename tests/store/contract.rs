@@ -1,7 +1,8 @@
-//! The store contract (docs/storage.md): what every backend does the same.
-//! Each case is an async fn taking a fresh, empty store; the backend modules
-//! (`embedded`, `memory`, `vault::contract`) run every case with
-//! [`contract_tests!`]. What only one backend does is tested beside it.
+//! The store contract (the `Store` trait in src/store/mod.rs): what every
+//! backend does the same. Each case is an async fn taking a fresh, empty
+//! store; the backend modules (`embedded`, `memory`, `vault::contract`) run
+//! every case with [`contract_tests!`]. What only one backend does is tested
+//! beside it.
 
 use std::collections::BTreeMap;
 
