@@ -6,6 +6,9 @@
 //! Callers validate identifiers before building paths (see [`crate::ids`]).
 
 pub mod embedded;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod memory;
 pub mod vault;
 
 use std::collections::BTreeMap;

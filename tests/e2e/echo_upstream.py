@@ -23,6 +23,24 @@ from urllib.parse import parse_qs, urlsplit
 UPSTREAM_SESSION_ID = "upstream-session-7f3a"
 
 
+def read_body(req: BaseHTTPRequestHandler) -> bytes:
+    """A request's whole body: chunked (trailers skipped) or by Content-Length."""
+    if "chunked" in req.headers.get("Transfer-Encoding", "").lower():
+        out = bytearray()
+        while True:
+            size_line = req.rfile.readline(1024).split(b";", 1)[0].strip()
+            size = int(size_line or b"0", 16)
+            if size == 0:
+                # trailers until an empty line
+                while req.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            out += req.rfile.read(size)
+            req.rfile.readline(8)
+    length = int(req.headers.get("Content-Length") or 0)
+    return req.rfile.read(length) if length else b""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -30,24 +48,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            out = bytearray()
-            while True:
-                size_line = self.rfile.readline(1024).split(b";", 1)[0].strip()
-                size = int(size_line or b"0", 16)
-                if size == 0:
-                    # trailers until an empty line
-                    while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline(8)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
     def _handle(self) -> None:
-        body = self._read_body()
+        body = read_body(self)
         parts = urlsplit(self.path)
         record = {
             "method": self.command,

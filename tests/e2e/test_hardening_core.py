@@ -245,13 +245,6 @@ def test_hostile_provider_answer_is_a_refresh_failure_and_nothing_is_stored(
 FULL_POLICY = 'path "*" { capabilities = ["create", "read", "update", "delete", "list", "sudo", "patch"] }'
 
 
-@pytest.fixture
-def bao(tmp_path):  # noqa: ANN001, ANN201
-    from test_vault import OpenBao
-
-    b = OpenBao(tmp_path)
-    yield b
-    b.close()
 
 
 def test_rotated_refresh_token_survives_a_failed_store_write(

@@ -204,12 +204,12 @@ def test_tls_connections_that_never_ask_are_closed_at_the_header_timeout(
     """With TLS the header timeout counts from the accept: a silent socket does not get the
     whole TLS handshake timeout on top, and a finished handshake with no request is closed."""
     from cryptography.hazmat.primitives import serialization
-    from test_limits_tls import _ca, _leaf
+    from certs import make_ca, write_leaf
 
-    ca_key, ca_cert = _ca()
+    ca_key, ca_cert = make_ca()
     ca = tmp_path / "ca.pem"
     ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _leaf(ca_key, ca_cert, tmp_path)
+    write_leaf(ca_key, ca_cert, tmp_path)
     sections = _sections([])
     sections["proxy"].update(tls_cert=str(tmp_path / "tls.crt"), tls_key=str(tmp_path / "tls.key"))
     g = Credgate(tmp_path / "tls", [route("echo", "/echo", echo.url)], sections)

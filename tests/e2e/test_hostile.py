@@ -22,7 +22,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from echo_upstream import EchoUpstream
-from support import Client, Credgate, describe, http, route, unique
+from support import Client, Credgate, access_claims, b64url, describe, http, jwt_kid, route, unique
 
 MAX_BODY = 65536
 MAX_HEADER = 16384
@@ -113,26 +113,10 @@ def spec_code(r: Raw) -> str | None:
         return None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _claims(c: Ctx, **over: object) -> dict:
-    now = int(time.time())
-    d = {"iss": c.gate.url, "sub": c.client.client_id, "aud": c.gate.url, "iat": now, "nbf": now,
-         "exp": now + 600, "jti": unique("j"), "scope": "mcp", "tenant": c.tenant}
-    d.update(over)
-    return d
-
-
-def _kid(tok: str) -> str:
-    return jwt.get_unverified_header(tok)["kid"]
-
-
 def _forged(c: Ctx, **over: object) -> str:
     """Claims of our choosing, signed by an attacker's key under the real kid."""
-    return jwt.encode(_claims(c, **over), Ed25519PrivateKey.generate(), algorithm="EdDSA",
-                      headers={"kid": _kid(c.token), "typ": "at+jwt"})
+    return jwt.encode(access_claims(c.gate, c.client, **over), Ed25519PrivateKey.generate(), algorithm="EdDSA",
+                      headers={"kid": jwt_kid(c.token), "typ": "at+jwt"})
 
 
 # ----- the catalogue: (id, builder(ctx) -> bytes, expected status, expected code (docs/errors.md)) ---------
@@ -187,12 +171,12 @@ CATALOGUE: list[tuple[str, object, int, str | None]] = [
     ("te-obfuscated", lambda c: req("POST", "/echo/x", [bearer(c.token), (b"Transfer-Encoding", b"xchunked")]), 400, None),
     ("te-not-last-chunked", lambda c: req("POST", "/echo/x", [bearer(c.token), (b"Transfer-Encoding", b"chunked, identity")], b"0\r\n\r\n"), 400, None),
     # JWT attacks an outsider can mount
-    ("jwt-alg-none", lambda c: req("GET", "/echo/x", [bearer(jwt.encode(_claims(c), None, algorithm="none", headers={"kid": _kid(c.token)}))]), 401, "UNAUTHORIZED"),
+    ("jwt-alg-none", lambda c: req("GET", "/echo/x", [bearer(jwt.encode(access_claims(c.gate, c.client), None, algorithm="none", headers={"kid": jwt_kid(c.token)}))]), 401, "UNAUTHORIZED"),
     ("jwt-expired-forged", lambda c: req("GET", "/echo/x", [bearer(_forged(c, exp=int(time.time()) - 3600))]), 401, "UNAUTHORIZED"),
     ("jwt-future-nbf-forged", lambda c: req("GET", "/echo/x", [bearer(_forged(c, nbf=int(time.time()) + 3600))]), 401, "UNAUTHORIZED"),
     ("jwt-wrong-iss-forged", lambda c: req("GET", "/echo/x", [bearer(_forged(c, iss="http://evil.example"))]), 401, "UNAUTHORIZED"),
     ("jwt-wrong-aud-forged", lambda c: req("GET", "/echo/x", [bearer(_forged(c, aud="http://evil.example"))]), 401, "UNAUTHORIZED"),
-    ("jwt-unknown-kid", lambda c: req("GET", "/echo/x", [bearer(jwt.encode(_claims(c), Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": "k-unknown"}))]), 401, "UNAUTHORIZED"),
+    ("jwt-unknown-kid", lambda c: req("GET", "/echo/x", [bearer(jwt.encode(access_claims(c.gate, c.client), Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": "k-unknown"}))]), 401, "UNAUTHORIZED"),
     ("jwt-tampered-payload", lambda c: req("GET", "/echo/x", [bearer(_tamper(c.token, scope="mcp admin"))]), 401, "UNAUTHORIZED"),
     ("jwt-tampered-tenant", lambda c: req("GET", "/echo/x", [bearer(_tamper(c.token, tenant="someone-else"))]), 401, "UNAUTHORIZED"),
     ("jwt-signature-stripped", lambda c: req("GET", "/echo/x", [bearer(c.token.rsplit(".", 1)[0] + ".")]), 401, "UNAUTHORIZED"),
@@ -233,7 +217,7 @@ def _tamper(tok: str, **over: object) -> str:
     h, p, s = tok.split(".")
     claims = json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
     claims.update(over)
-    return f"{h}.{_b64(json.dumps(claims).encode())}.{s}"
+    return f"{h}.{b64url(json.dumps(claims).encode())}.{s}"
 
 
 @pytest.mark.parametrize("case_id,build,status,code", CATALOGUE, ids=[c[0] for c in CATALOGUE])
@@ -300,12 +284,12 @@ def test_tokens_of_deleted_and_suspended_clients(ctx: Ctx) -> None:
 
 
 def test_hs256_signed_with_the_public_key(ctx: Ctx) -> None:
-    kid = _kid(ctx.token)
+    kid = jwt_kid(ctx.token)
     with http() as c:
         key = next(k for k in c.get(f"{ctx.gate.url}/.well-known/jwks.json").json()["keys"] if k["kid"] == kid)
-    signing_input = _b64(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode()) + "." + _b64(json.dumps(_claims(ctx)).encode())
+    signing_input = b64url(json.dumps({"alg": "HS256", "typ": "at+jwt", "kid": kid}).encode()) + "." + b64url(json.dumps(access_claims(ctx.gate, ctx.client)).encode())
     for secret in (key["x"].encode(), base64.urlsafe_b64decode(key["x"] + "=="), json.dumps(key).encode()):
-        sig = _b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
+        sig = b64url(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())
         r = send(ctx.gate, req("GET", "/echo/x", [bearer(f"{signing_input}.{sig}")]))
         assert r.status == 401 and spec_code(r) == "UNAUTHORIZED", r.body
 

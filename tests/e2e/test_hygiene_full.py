@@ -12,44 +12,21 @@ suspension, upstream refresh and its failure, refused bodies that carry secrets,
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import jwt
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from echo_upstream import EchoUpstream
 from oauth_provider import OAuthProvider
-from support import Client, Credgate, describe, http, route, unique
-from test_vault import OpenBao
+from openbao import OpenBao
+from support import Client, Credgate, b64url, describe, http, route, unique
 
-APP_ID = "hygiene-app"
-
-
-@pytest.fixture
-def provider(echo: EchoUpstream) -> Iterator[OAuthProvider]:
-    p = OAuthProvider(APP_ID, secrets.token_urlsafe(24))
-    echo.guard(p.valid_access)
-    yield p
-    echo.guard(None)
-    p.close()
-
-
-@pytest.fixture
-def bao(tmp_path: Path) -> Iterator[OpenBao]:
-    b = OpenBao(tmp_path)
-    yield b
-    b.close()
-
-
-def _b64u(b: bytes) -> str:
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+APP_ID = "hygiene-app"  # the `provider` fixture (conftest.py) registers this client
 
 
 def test_no_secret_anywhere_after_a_full_session(
@@ -103,7 +80,7 @@ def test_no_secret_anywhere_after_a_full_session(
         new_secret = rot.json()["clientSecret"]
         secrets_["rotated client secret"] = new_secret
         key = Ed25519PrivateKey.generate()
-        x = _b64u(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        x = b64url(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
         jclient = keep(gate.admin("POST", "/api/admin/oauth/clients", json={
             "name": "hy-jwt", "tenant": tenant, "scopes": ["mcp"], "allowedIntegrations": ["echo"],
             "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"}]}}), True).json()["client"]
@@ -172,11 +149,11 @@ def test_no_secret_anywhere_after_a_full_session(
                                                           "client_secret": [new_secret]}))
             keep(c.post(f"{gate.url}/oauth/token", content=f"grant_type=client_credentials&client_secret={new_secret}&client_secret={new_secret}",
                         headers={"Content-Type": "application/x-www-form-urlencoded"}))
-            bad_assert = assertion.rsplit(".", 1)[0] + "." + _b64u(b"\0" * 64)
+            bad_assert = assertion.rsplit(".", 1)[0] + "." + b64url(b"\0" * 64)
             keep(c.post(f"{gate.url}/oauth/token", data={
                 "grant_type": "client_credentials", "client_assertion": bad_assert,
                 "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}))
-        private = {"kty": "OKP", "crv": "Ed25519", "x": x, "d": _b64u(secrets.token_bytes(32))}
+        private = {"kty": "OKP", "crv": "Ed25519", "x": x, "d": b64url(secrets.token_bytes(32))}
         secrets_["private jwk d"] = private["d"]
         keep(gate.admin("POST", "/api/admin/oauth/clients", json={"name": "p", "tenant": tenant, "jwks": {"keys": [private]}}))
         bad_secret = f"bad-body-secret-{secrets.token_urlsafe(8)}"

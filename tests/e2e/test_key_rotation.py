@@ -7,18 +7,13 @@ import subprocess
 import time
 
 import httpx
-import jwt
-from support import CREDGATE_BIN, Credgate, describe, route, unique
+from support import CREDGATE_BIN, Credgate, describe, jwt_kid, route, unique
 
 
 def _kids(gate: Credgate) -> set[str]:
     r = httpx.get(f"{gate.url}/.well-known/jwks.json", timeout=5)
     assert r.status_code == 200, describe(r)
     return {k["kid"] for k in r.json()["keys"]}
-
-
-def _kid(token: str) -> str:
-    return jwt.get_unverified_header(token)["kid"]
 
 
 def test_admin_rotation_keeps_old_tokens_valid(make_gate, echo) -> None:
@@ -35,7 +30,7 @@ def test_admin_rotation_keeps_old_tokens_valid(make_gate, echo) -> None:
     assert new_kid not in before and _kids(gate) == before | {new_kid}
 
     new = gate.token(client)
-    assert _kid(new) == new_kid != _kid(old)
+    assert jwt_kid(new) == new_kid != jwt_kid(old)
     for t in (old, new):
         assert gate.proxy("GET", "/echo/x", t).status_code == 200
     assert "signing-key-rotated" in gate.audit_path.read_text()
@@ -64,6 +59,6 @@ def test_cli_rotation_reaches_the_running_process(make_gate, echo) -> None:
     assert new_kid in _kids(gate), "the running instance never saw the rotated key"
     client = gate.create_client(tenant=unique("kc"), integrations=["echo"])
     deadline = time.monotonic() + 10
-    while _kid(gate.token(client)) != new_kid and time.monotonic() < deadline:
+    while jwt_kid(gate.token(client)) != new_kid and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _kid(gate.token(client)) == new_kid
+    assert jwt_kid(gate.token(client)) == new_kid

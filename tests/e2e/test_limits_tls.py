@@ -5,7 +5,6 @@ stream cut by the idle timeout."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import socket
 import ssl
@@ -15,56 +14,9 @@ from pathlib import Path
 
 import httpx
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from certs import make_ca, write_leaf
 from support import Credgate, describe, route, spec_error, unique
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("credgate test CA"))
-        .issuer_name(_name("credgate test CA"))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def _leaf(ca_key, ca_cert, dir: Path) -> int:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    serial = x509.random_serial_number()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(serial)
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (dir / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (dir / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return serial
 
 
 def _served_serial(port: int, ca: Path) -> int:
@@ -76,10 +28,10 @@ def _served_serial(port: int, ca: Path) -> int:
 
 
 def test_tls_end_to_end_with_reload(make_gate, echo, tmp_path: Path) -> None:
-    ca_key, ca_cert = _ca()
+    ca_key, ca_cert = make_ca()
     ca = tmp_path / "ca.pem"
     ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    first = _leaf(ca_key, ca_cert, tmp_path)
+    first = write_leaf(ca_key, ca_cert, tmp_path)
     gate: Credgate = make_gate(
         routes=[route("echo", "/echo", echo.url)],
         start=False,
@@ -117,7 +69,7 @@ def test_tls_end_to_end_with_reload(make_gate, echo, tmp_path: Path) -> None:
         assert not s.recv(4096).startswith(b"HTTP/1.1 200")
 
     assert _served_serial(gate.proxy_port, ca) == first
-    second = _leaf(ca_key, ca_cert, tmp_path)
+    second = write_leaf(ca_key, ca_cert, tmp_path)
     deadline = time.monotonic() + 25
     while _served_serial(gate.proxy_port, ca) != second and time.monotonic() < deadline:
         time.sleep(0.5)

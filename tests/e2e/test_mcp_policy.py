@@ -13,10 +13,7 @@ The server records every tool call it runs: a refused call must never have run.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import shutil
-import subprocess
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,10 +23,7 @@ import anyio
 import jwt
 import pytest
 from mcp_policy_support import PolicyServer, run_agent
-from support import REPO, Credgate, describe, route, spec_error, unique
-
-NODE_DIR = REPO / "tests" / "node"
-NODE_TIMEOUT = 60
+from support import Credgate, describe, route, run_node_client, spec_error, unique
 RULE_MESSAGE = "transfers over 100 need a human"
 POLICY = {
     "tool_scopes": {"delete_*": ["mcp:write"]},
@@ -188,8 +182,6 @@ def test_cel_rules_allow_and_refuse_on_arguments(env: Env, integration: str) -> 
 
 @pytest.mark.parametrize("integration", ["tools", "tools-json"])
 def test_node_sdk_lists_calls_and_steps_up(env: Env, integration: str) -> None:
-    assert shutil.which("node"), "node is required (tests/node)"
-    assert (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir(), "run npm ci --prefix tests/node"
     tenant = _tenant(env)
     client = env.gate.create_client(
         tenant=tenant,
@@ -198,32 +190,22 @@ def test_node_sdk_lists_calls_and_steps_up(env: Env, integration: str) -> None:
         allowedTools=["whoami", "search_*", f"{integration}/delete_*"],
     )
     item, query = unique("item"), unique("q")
-    full_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    full_env.update(
-        MCP_URL=f"{env.gate.url}/{integration}/mcp",
-        ISSUER=env.gate.url,
-        CLIENT_ID=client.client_id,
-        CLIENT_SECRET=client.client_secret,
-        SCOPE="mcp",
-        ALLOWED_CALL="search_code",
-        FORBIDDEN_CALL="transfer",
-        STEP_UP_CALL="delete_item",
-        ARGS_JSON=json.dumps(
-            {"search_code": {"query": query}, "transfer": {"amount": 1, "to": "x"}, "delete_item": {"item": item}}
+    res = run_node_client(
+        "mcp_policy_client.mjs",
+        dict(
+            MCP_URL=f"{env.gate.url}/{integration}/mcp",
+            ISSUER=env.gate.url,
+            CLIENT_ID=client.client_id,
+            CLIENT_SECRET=client.client_secret,
+            SCOPE="mcp",
+            ALLOWED_CALL="search_code",
+            FORBIDDEN_CALL="transfer",
+            STEP_UP_CALL="delete_item",
+            ARGS_JSON=json.dumps(
+                {"search_code": {"query": query}, "transfer": {"amount": 1, "to": "x"}, "delete_item": {"item": item}}
+            ),
         ),
     )
-    p = subprocess.run(
-        ["node", str(NODE_DIR / "mcp_policy_client.mjs")],
-        cwd=NODE_DIR,
-        env=full_env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=NODE_TIMEOUT,
-    )
-    lines = p.stdout.decode(errors="replace").strip().splitlines()
-    assert lines, f"node printed nothing (exit {p.returncode}): {p.stderr.decode(errors='replace')[-2000:]}"
-    res = json.loads(lines[-1])
-    assert p.returncode == 0 and res.get("ok"), res
     assert res["tools"] == ["delete_item", "search_code", "search_docs", "whoami"], res["tools"]
     assert res["allowed"] == {"found": f"code about {query}"}, res
     assert res["forbidden"].startswith("refused"), res["forbidden"]

@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,10 +28,7 @@ from authlib.oauth2.rfc7523.assertion import private_key_jwt_sign
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from joserfc.jwk import ECKey, OKPKey, RSAKey
-from support import REPO, Client, Credgate, MemoryTokenStorage, describe, http, unique
-
-NODE_DIR = REPO / "tests" / "node"
-NODE_TIMEOUT = 60.0
+from support import Client, Credgate, MemoryTokenStorage, describe, http, run_node_client, unique, upstream_auth
 
 
 # ----- helpers ---------------------------------------------------------------------------
@@ -90,7 +84,7 @@ def _oauth2_client(client_id: str, secret: Any, method: str, **kw: Any) -> OAuth
 
 def _echo_auth_header(resp: Any) -> str | None:
     """The Authorization header the echo upstream received."""
-    return next((v for k, v in resp.json()["headers"] if k.lower() == "authorization"), None)
+    return next(iter(upstream_auth(resp)), None)
 
 
 # ----- 1. Authlib --------------------------------------------------------------------------
@@ -363,34 +357,6 @@ def test_mcp_private_key_jwt_provider_reaches_tool(
 # ----- 3. TypeScript SDK --------------------------------------------------------------------
 
 
-def _node_ready() -> None:
-    if shutil.which("node") is None:
-        pytest.fail("node is not installed: scripts/test.sh installs it")
-    if not (NODE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk").is_dir():
-        pytest.fail("tests/node dependencies missing: npm ci --prefix tests/node")
-
-
-def _run_node(env: dict[str, str]) -> dict[str, Any]:
-    full_env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    full_env.update(env)
-    try:
-        p = subprocess.run(
-            ["node", str(NODE_DIR / "mcp_client.mjs")],
-            cwd=NODE_DIR,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=NODE_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"node client did not finish in {NODE_TIMEOUT}s: {e.stdout!r} {e.stderr!r}") from e
-    out = p.stdout.decode(errors="replace").strip().splitlines()
-    assert out, f"node printed nothing (exit {p.returncode}): {p.stderr.decode(errors='replace')[-2000:]}"
-    result = json.loads(out[-1])
-    assert p.returncode == 0 and result.get("ok"), f"node client failed: {result}\n{p.stderr.decode()[-2000:]}"
-    return result
-
-
 def _check_node_result(gate: Credgate, res: dict[str, Any], client: Client, tenant: str, upstream: str) -> None:
     whoami = res["whoami"]
     assert whoami["authorization"] == f"Bearer {upstream}", whoami
@@ -413,12 +379,12 @@ def _check_node_result(gate: Credgate, res: dict[str, Any], client: Client, tena
 
 
 def test_node_sdk_client_credentials_provider(gate: Credgate, take_mcp_token: Callable[[], str]) -> None:
-    _node_ready()
     tenant = unique("node")
     upstream = take_mcp_token()
     gate.put_bearer(tenant, "github", upstream)
     client = gate.create_client(tenant=tenant)
-    res = _run_node(
+    res = run_node_client(
+        "mcp_client.mjs",
         {
             "MCP_URL": f"{gate.url}/github/mcp",
             "ISSUER": gate.url,
@@ -431,13 +397,13 @@ def test_node_sdk_client_credentials_provider(gate: Credgate, take_mcp_token: Ca
 
 
 def test_node_sdk_private_key_jwt_provider(gate: Credgate, take_mcp_token: Callable[[], str]) -> None:
-    _node_ready()
     tenant = unique("nodejwt")
     upstream = take_mcp_token()
     gate.put_bearer(tenant, "github", upstream)
     _priv, jwk, pem, alg = _key_pair("p256")
     client = _jwk_client(gate, tenant, jwk, ["github"])
-    res = _run_node(
+    res = run_node_client(
+        "mcp_client.mjs",
         {
             "MCP_URL": f"{gate.url}/github/mcp",
             "ISSUER": gate.url,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
-import httpx
 from echo_upstream import EchoUpstream
-from support import ECHO_INTEGRATIONS, Credgate, describe, http, unique
+from support import ECHO_INTEGRATIONS, Credgate, describe, http, sse_events, unique
 
 
 def test_health_ready_metrics(gate: Credgate) -> None:
@@ -41,19 +39,11 @@ def test_sigterm_drains_inflight_stream_then_exits_0(make_gate: Callable[..., Cr
     token = gate.token(gate.create_client(tenant=t, integrations=ECHO_INTEGRATIONS))
     n = 6
     got: list[dict] = []
-    with httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False) as c:
-        with c.stream(
-            "GET",
-            f"{gate.url}/echo/sse?n={n}&delay=0.25&id={unique('d')}",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as r:
-            assert r.status_code == 200, describe(r)
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    got.append(json.loads(line[6:]))
-                    if len(got) == 1:
-                        assert gate.proc is not None
-                        gate.proc.send_signal(15)
+    for event in sse_events(gate, f"/echo/sse?n={n}&delay=0.25&id={unique('d')}", token):
+        got.append(event)
+        if len(got) == 1:
+            assert gate.proc is not None
+            gate.proc.send_signal(15)
     assert [e["i"] for e in got] == list(range(n)), f"in-flight stream cut at SIGTERM: {got}"
     code = gate.stop()
     assert code == 0, f"exit status after SIGTERM: {code}"

@@ -4,7 +4,6 @@ expired credential is never injected (fail closed); provider faults map to typed
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,18 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from echo_upstream import EchoUpstream
 from oauth_provider import OAuthProvider
-from support import Client, Credgate, describe, route, spec_error, unique
+from support import Client, Credgate, describe, route, seen_auth, spec_error, unique
 
-APP_ID = "credgate-app"
-
-
-@pytest.fixture(scope="module")
-def provider(echo: EchoUpstream) -> Iterator[OAuthProvider]:
-    p = OAuthProvider(APP_ID, secrets.token_urlsafe(24))
-    echo.guard(p.valid_access)
-    yield p
-    echo.guard(None)
-    p.close()
+APP_ID = "credgate-app"  # the `provider` fixture (conftest.py) registers this client
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +52,6 @@ def _tenant(gate: Credgate, access: str, refresh: str | None, expires_in: int = 
     return client, gate.token(client)
 
 
-def _seen(echo: EchoUpstream, marker: str) -> list[str]:
-    """Authorization headers the upstream got on requests whose path contains `marker`."""
-    out = []
-    for r in list(echo.requests):
-        if marker in r["path"]:
-            out += [v for k, v in r["headers"] if k.lower() == "authorization"]
-    return out
-
-
 def _let_expire() -> None:
     # The credential was stored with expires_in=1. credgate runs in another process, so its
     # clock cannot be injected: let one real second and a margin pass.
@@ -93,11 +74,11 @@ def test_upstream_401_refreshes_once_and_retries(rgate: Credgate, echo: EchoUpst
     a2 = [v for k, v in body["headers"] if k.lower() == "authorization"][0][7:]
     assert a2 != a1 and a2 in provider.valid_access
     assert body["body"] == '{"k": 1}', "request body not replayed intact"
-    assert _seen(echo, marker) == [f"Bearer {a1}", f"Bearer {a2}"]
+    assert seen_auth(echo, marker) == [f"Bearer {a1}", f"Bearer {a2}"]
     # the next request uses the new credential directly
     marker2 = unique("r401b")
     assert rgate.proxy("GET", f"/guarded/{marker2}", token).status_code == 200
-    assert _seen(echo, marker2) == [f"Bearer {a2}"]
+    assert seen_auth(echo, marker2) == [f"Bearer {a2}"]
     assert len(provider.refreshes_of(r1)) == 1
 
 
@@ -120,7 +101,7 @@ def test_expired_credential_is_refreshed_not_injected(
     marker = unique("exp")
     r = rgate.proxy("GET", f"/guarded/{marker}", token)
     assert r.status_code == 200, describe(r)
-    seen = _seen(echo, marker)
+    seen = seen_auth(echo, marker)
     assert f"Bearer {a1}" not in seen, "an expired upstream credential was injected"
     assert len(provider.refreshes_of(r1)) == 1
 
@@ -135,7 +116,7 @@ def test_expired_without_refresh_token_fails_closed(
     r = rgate.proxy("GET", f"/guarded/{marker}", token)
     assert r.status_code == 403, describe(r)
     assert spec_error(r)["code"] == "REAUTHORIZATION_REQUIRED"
-    assert _seen(echo, marker) == [], "the expired credential reached the upstream"
+    assert seen_auth(echo, marker) == [], "the expired credential reached the upstream"
 
 
 def test_invalid_grant_requires_reauthorization(rgate: Credgate, echo: EchoUpstream, provider: OAuthProvider) -> None:
@@ -162,7 +143,7 @@ def test_provider_outage_on_expired_credential_is_503(
     assert r.status_code == 503, describe(r)
     assert spec_error(r)["code"] == "CREDENTIAL_REFRESH_FAILED"
     assert r.headers.get("retry-after"), dict(r.headers)
-    assert _seen(echo, marker) == []
+    assert seen_auth(echo, marker) == []
 
 
 def test_admin_refresh_now(rgate: Credgate, echo: EchoUpstream, provider: OAuthProvider) -> None:
@@ -174,7 +155,7 @@ def test_admin_refresh_now(rgate: Credgate, echo: EchoUpstream, provider: OAuthP
     assert a1 not in r.text
     marker = unique("now")
     assert rgate.proxy("GET", f"/guarded/{marker}", token).status_code == 200
-    seen = _seen(echo, marker)
+    seen = seen_auth(echo, marker)
     assert seen and seen[0] != f"Bearer {a1}" and seen[0][7:] in provider.valid_access
     meta = rgate.admin("GET", f"/api/admin/credentials/{client.tenant}/gh").json()["credential"]
     assert meta.get("refreshCount", 0) >= 1, meta

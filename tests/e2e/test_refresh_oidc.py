@@ -17,11 +17,7 @@ refresh_token request it saw.
 
 from __future__ import annotations
 
-import json
-import secrets
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,173 +28,11 @@ from typing import Any
 import httpx
 import pytest
 from echo_upstream import EchoUpstream
-from support import REPO, Client, Credgate, describe, route, spec_error, unique
-from test_vault import OpenBao
+from oidc_provider import RATE, OidcProvider, connect_seeded, oidc_integration, oidc_routes
+from support import Client, Credgate, describe, seen_auth, spec_error, unique, upstream_auth, wait_for
 
-OIDC_DIR = REPO / "tests" / "oidc"
-START_TIMEOUT = 20.0
-CLIENT_ID = "credgate"
-# Tenants here make 100 requests at once: keep the rate limiter out of the way.
-RATE = {"rate_limit.default": {"per_second": 10000, "burst": 10000}}
-
-
-# ----- the provider --------------------------------------------------------------------
-
-
-class OidcProvider:
-    """`node tests/oidc/provider.mjs` on a free 127.0.0.1 port (in-memory state)."""
-
-    def __init__(self, workdir: Path) -> None:
-        node = shutil.which("node")
-        if node is None:
-            pytest.fail("node is not installed (the oidc-provider tests need Node 20+): scripts/test.sh installs it")
-        if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-            pytest.fail("oidc-provider is missing: npm ci --prefix tests/oidc --no-audit --no-fund")
-        self.client_secret = secrets.token_urlsafe(24)
-        self.upstream_secret = secrets.token_urlsafe(24)
-        self.log = workdir / f"oidc-provider-{secrets.token_hex(3)}.log"
-        self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [node, str(OIDC_DIR / "provider.mjs"), self.client_secret, self.upstream_secret],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=OIDC_DIR,
-        )
-        ready: dict[str, Any] = {}
-
-        def read_ready() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if line.startswith(b"READY "):
-                    ready.update(json.loads(line[6:]))
-                    break
-            # keep draining so the child never blocks on a full pipe
-            for line in self.proc.stdout:
-                self._log.write(line)
-
-        threading.Thread(target=read_ready, daemon=True).start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not ready:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise AssertionError(f"oidc-provider did not start:\n{self.log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        self.issuer: str = ready["issuer"]
-        self.token_url = f"{self.issuer}/token"
-        self._http = httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False)
-
-    # side channel
-    def _side(self, method: str, path: str, body: dict | None = None) -> Any:
-        r = self._http.request(method, f"{self.issuer}/_test/{path}", json=body)
-        assert r.status_code == 200, f"provider side channel {path}: {r.status_code} {r.text[:500]}"
-        return r.json()
-
-    def seed(self, *, revoke_access: bool = False) -> dict[str, str]:
-        """A grant after a login: {grantId, access_token, refresh_token}."""
-        return self._side("POST", "seed", {"revokeAccess": revoke_access})
-
-    def configure(self, **settings: int) -> None:
-        self._side("POST", "config", settings)
-
-    def revoke(self, grant_id: str) -> None:
-        self._side("POST", "revoke", {"grantId": grant_id})
-
-    def stats(self) -> dict[str, Any]:
-        return self._side("GET", "stats")
-
-    def refreshes(self, grant_id: str) -> list[dict[str, Any]]:
-        """Every refresh_token request for this grant (a request whose token the provider no
-        longer knows at all has grantId null and is matched by the token value instead)."""
-        return [e for e in self.stats()["refreshes"] if e["grantId"] == grant_id]
-
-    def refreshes_of_token(self, refresh_token: str) -> list[dict[str, Any]]:
-        return [e for e in self.stats()["refreshes"] if e["refreshToken"] == refresh_token]
-
-    def revoked(self, grant_id: str) -> bool:
-        return grant_id in self.stats()["revokedGrants"]
-
-    def active(self, token: str) -> bool:
-        """RFC 7662 introspection, as the resource server would call it."""
-        r = self._http.post(
-            f"{self.issuer}/token/introspection",
-            data={"token": token},
-            auth=("upstream", self.upstream_secret),
-        )
-        assert r.status_code == 200, f"introspection: {r.status_code} {r.text[:300]}"
-        return r.json().get("active") is True
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._log.close()
-        if hasattr(self, "_http"):
-            self._http.close()
-
-
-class Introspecting:
-    """The echo upstream's guard: a bearer token is good if a live provider says it is
-    active (echo_upstream tests `token in guard`)."""
-
-    def __init__(self) -> None:
-        self.providers: list[OidcProvider] = []
-
-    def __contains__(self, token: object) -> bool:
-        for p in list(self.providers):
-            if p.proc.poll() is not None:
-                continue
-            try:
-                if p.active(str(token)):
-                    return True
-            except (httpx.HTTPError, AssertionError):
-                continue
-        return False
-
-
-@pytest.fixture(scope="module")
-def introspecting(echo: EchoUpstream) -> Iterator[Introspecting]:
-    guard = Introspecting()
-    echo.guard(guard)  # type: ignore[arg-type]  # anything with __contains__
-    yield guard
-    echo.guard(None)
-
-
-@pytest.fixture(scope="module")
-def oidc(tmp_path_factory: pytest.TempPathFactory, introspecting: Introspecting) -> Iterator[OidcProvider]:
-    p = OidcProvider(tmp_path_factory.mktemp("oidc"))
-    introspecting.providers.append(p)
-    yield p
-    introspecting.providers.remove(p)
-    p.close()
-
-
-@pytest.fixture(scope="module")
-def doomed(tmp_path_factory: pytest.TempPathFactory, introspecting: Introspecting) -> Iterator[OidcProvider]:
-    """A second provider that a test stops (the `down` integration)."""
-    p = OidcProvider(tmp_path_factory.mktemp("oidc-doomed"))
-    introspecting.providers.append(p)
-    yield p
-    introspecting.providers.remove(p)
-    p.close()
-
-
-@pytest.fixture(autouse=True)
-def _no_delay(oidc: OidcProvider) -> Iterator[None]:
-    yield
-    if oidc.proc.poll() is None:
-        oidc.configure(delayMs=0, accessTtl=3600)
-
-
-def _integration(p: OidcProvider) -> dict[str, Any]:
-    return {"token_url": p.token_url, "client_id": CLIENT_ID, "auth_method": "client_secret_post"}
-
-
-def _routes(echo: EchoUpstream) -> list[dict[str, Any]]:
-    return [
-        route("gh", "/guarded", echo.url, strip_prefix=False),
-        route("down", "/guarded-down", echo.url, strip_prefix=False),
-    ]
+# The `oidc`, `doomed`, `vault_pair` and `bao` fixtures are in conftest.py.
+pytestmark = pytest.mark.usefixtures("oidc_reset")
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +41,8 @@ def ogate(
 ) -> Iterator[Credgate]:
     g = Credgate(
         tmp_path_factory.mktemp("oidc-gate"),
-        _routes(echo),
-        {"integrations.gh": _integration(oidc), "integrations.down": _integration(doomed), **RATE},
+        oidc_routes(echo),
+        {"integrations.gh": oidc_integration(oidc), "integrations.down": oidc_integration(doomed), **RATE},
         {"GH_CLIENT_SECRET": oidc.client_secret, "DOWN_CLIENT_SECRET": doomed.client_secret},
     )
     g.start()
@@ -219,47 +53,10 @@ def ogate(
 # ----- helpers -------------------------------------------------------------------------
 
 
-def _connect(gate: Credgate, seeded: dict[str, str], *, integration: str = "gh", expires_in: int = 3600) -> tuple[Client, str]:
-    """Stores the seeded pair for a fresh tenant; returns its client and a caller token."""
-    t = unique("oi")
-    gate.put_credential(
-        t,
-        integration,
-        {
-            "access_token": seeded["access_token"],
-            "refresh_token": seeded["refresh_token"],
-            "token_type": "Bearer",
-            "expires_in": expires_in,
-            "scope": "offline_access repo",
-        },
-    )
-    client = gate.create_client(tenant=t, integrations=[integration])
-    return client, gate.token(client)
-
-
-def _seen(echo: EchoUpstream, marker: str) -> list[str]:
-    """Authorization headers the upstream got on requests whose path contains `marker`."""
-    out = []
-    for r in list(echo.requests):
-        if marker in r["path"]:
-            out += [v for k, v in r["headers"] if k.lower() == "authorization"]
-    return out
-
-
 def _injected(r: httpx.Response) -> str:
-    auth = [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
+    auth = upstream_auth(r)
     assert len(auth) == 1 and auth[0].startswith("Bearer "), auth
     return auth[0][7:]
-
-
-def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _ok(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -282,7 +79,7 @@ def test_100_concurrent_upstream_401s_refresh_once_and_keep_the_grant(
     seeded = oidc.seed(revoke_access=True)  # the provider no longer accepts this access token
     gid, a1, r1 = seeded["grantId"], seeded["access_token"], seeded["refresh_token"]
     assert not oidc.active(a1)
-    client, token = _connect(ogate, seeded)
+    client, token = connect_seeded(ogate, seeded)
     marker = unique("c100")
 
     def call(i: int) -> httpx.Response:
@@ -308,7 +105,7 @@ def test_100_concurrent_upstream_401s_refresh_once_and_keep_the_grant(
     assert injected == {a2}, "every request must end up with the one refreshed token"
     for i, r in enumerate(results):
         assert r.json()["body"] == f'{{"i": {i}}}', "request body not replayed intact"
-    seen = _seen(echo, marker)
+    seen = seen_auth(echo, marker)
     assert set(seen) <= {f"Bearer {a1}", f"Bearer {a2}"}, "a token other than the old and new one was injected"
     assert seen.count(f"Bearer {a2}") == 100
 
@@ -323,7 +120,7 @@ def test_100_concurrent_upstream_401s_refresh_once_and_keep_the_grant(
     marker2 = unique("c100b")
     r = ogate.proxy("GET", f"/guarded/{marker2}", token)
     assert r.status_code == 200, describe(r)
-    assert _seen(echo, marker2) == [f"Bearer {a3}"]
+    assert seen_auth(echo, marker2) == [f"Bearer {a3}"]
     assert _status(ogate, client)["status"] == "active"
 
 
@@ -335,7 +132,7 @@ def test_invalid_grant_from_a_revoked_grant_requires_reauthorization(
 ) -> None:
     # upstream 401 path: the access token is dead and so is the grant
     seeded = oidc.seed(revoke_access=True)
-    client, token = _connect(ogate, seeded)
+    client, token = connect_seeded(ogate, seeded)
     oidc.revoke(seeded["grantId"])
     marker = unique("ig")
     r = ogate.proxy("GET", f"/guarded/{marker}", token)
@@ -343,7 +140,7 @@ def test_invalid_grant_from_a_revoked_grant_requires_reauthorization(
     assert spec_error(r)["code"] == "REAUTHORIZATION_REQUIRED"
     calls = oidc.refreshes_of_token(seeded["refresh_token"])
     assert len(calls) == 1 and calls[0]["error"] == "invalid_grant", calls
-    assert _seen(echo, marker) == [f"Bearer {seeded['access_token']}"], "only the one refused attempt"
+    assert seen_auth(echo, marker) == [f"Bearer {seeded['access_token']}"], "only the one refused attempt"
     assert _status(ogate, client)["status"] == "reauthorization_required"
     r = ogate.proxy("GET", f"/guarded/{unique('ig2')}", token)
     assert r.status_code == 403 and spec_error(r)["code"] == "REAUTHORIZATION_REQUIRED", describe(r)
@@ -351,13 +148,13 @@ def test_invalid_grant_from_a_revoked_grant_requires_reauthorization(
 
     # expiry path: the expired token never reaches the upstream
     seeded = oidc.seed()
-    client, token = _connect(ogate, seeded, expires_in=5)  # within credgate's 10 s skew: expired
+    client, token = connect_seeded(ogate, seeded, expires_in=5)  # within credgate's 10 s skew: expired
     oidc.revoke(seeded["grantId"])
     marker = unique("ige")
     r = ogate.proxy("GET", f"/guarded/{marker}", token)
     assert r.status_code == 403, describe(r)
     assert spec_error(r)["code"] == "REAUTHORIZATION_REQUIRED"
-    assert _seen(echo, marker) == [], "an expired credential reached the upstream"
+    assert seen_auth(echo, marker) == [], "an expired credential reached the upstream"
     assert _status(ogate, client)["status"] == "reauthorization_required"
 
 
@@ -365,7 +162,7 @@ def test_provider_down_with_expired_credential_is_503(
     ogate: Credgate, echo: EchoUpstream, doomed: OidcProvider
 ) -> None:
     seeded = doomed.seed()  # still active at the provider: only credgate's expiry check stops it
-    client, token = _connect(ogate, seeded, integration="down", expires_in=5)
+    client, token = connect_seeded(ogate, seeded, integration="down", expires_in=5)
     doomed.close()  # the provider process is gone: connection refused
     marker = unique("down")
     for _ in range(2):
@@ -373,7 +170,7 @@ def test_provider_down_with_expired_credential_is_503(
         assert r.status_code == 503, describe(r)
         assert spec_error(r)["code"] == "CREDENTIAL_REFRESH_FAILED"
         assert int(r.headers.get("retry-after", "0")) > 0, dict(r.headers)
-    assert _seen(echo, marker) == [], "the expired token reached the upstream"
+    assert seen_auth(echo, marker) == [], "the expired token reached the upstream"
     assert seeded["access_token"] not in r.text
     # a provider outage is retriable, not a lost grant
     assert _status(ogate, client, "down")["status"] == "expired"
@@ -400,13 +197,13 @@ def test_sigkill_after_rotation_loses_the_grant_as_documented(
     3. credgate answers 403 REAUTHORIZATION_REQUIRED and records `reauthorization_required`;
        the expired access token is never injected, and the provider is not asked again.
     """
-    g = Credgate(tmp_path / "kill", _routes(echo), {"integrations.gh": _integration(oidc), **RATE},
+    g = Credgate(tmp_path / "kill", oidc_routes(echo), {"integrations.gh": oidc_integration(oidc), **RATE},
                  {"GH_CLIENT_SECRET": oidc.client_secret})
     g.start()
     try:
         seeded = oidc.seed()
         gid, a1, r1 = seeded["grantId"], seeded["access_token"], seeded["refresh_token"]
-        client, token = _connect(g, seeded, expires_in=5)  # expired for credgate: refresh first
+        client, token = connect_seeded(g, seeded, expires_in=5)  # expired for credgate: refresh first
         oidc.configure(delayMs=4000)
         marker = unique("kill")
         inflight: list[object] = []
@@ -419,7 +216,7 @@ def test_sigkill_after_rotation_loses_the_grant_as_documented(
 
         t = threading.Thread(target=request, daemon=True)
         t.start()
-        issued = _wait(lambda: _ok(oidc.refreshes(gid)), 10, "the provider to rotate the refresh token")[0]
+        issued = wait_for(lambda: _ok(oidc.refreshes(gid)), 10, "the provider to rotate the refresh token")[0]
         assert not issued["answered"], "the provider answered before the kill: the window was missed"
         g.stop(signal.SIGKILL)
         t.join(timeout=10)
@@ -456,7 +253,7 @@ def test_sigkill_after_rotation_loses_the_grant_as_documented(
         r = g.proxy("GET", f"/guarded/{marker}/3", token)
         assert r.status_code == 403 and spec_error(r)["code"] == "REAUTHORIZATION_REQUIRED", describe(r)
         assert len(oidc.refreshes(gid)) == 2
-        assert _seen(echo, marker) == [], f"a token reached the upstream: {_seen(echo, marker)}"
+        assert seen_auth(echo, marker) == [], f"a token reached the upstream: {seen_auth(echo, marker)}"
         assert a1 not in g.logs() and r1 not in g.logs()
     finally:
         oidc.configure(delayMs=0)
@@ -466,53 +263,13 @@ def test_sigkill_after_rotation_loses_the_grant_as_documented(
 # ----- 2. two replicas on one OpenBao ---------------------------------------------------
 
 
-@pytest.fixture
-def bao(tmp_path: Path) -> Iterator[OpenBao]:
-    b = OpenBao(tmp_path)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def vault_pair(
-    tmp_path: Path, bao: OpenBao, echo: EchoUpstream, oidc: OidcProvider
-) -> Iterator[Callable[..., Credgate]]:
-    """`make(replica_of=None, **sections)`: a credgate on the shared OpenBao."""
-    made: list[Credgate] = []
-
-    def make(replica_of: Credgate | None = None, **sections: dict[str, Any]) -> Credgate:
-        g = Credgate(
-            tmp_path / f"vgate{len(made)}",
-            _routes(echo),
-            {
-                "store": {
-                    "backend": "vault",
-                    "sync_interval_seconds": 1,
-                    "vault": {"address": bao.url, "timeout_ms": 2000, "max_retries": 1},
-                },
-                "integrations.gh": _integration(oidc),
-                **RATE,
-                **sections,
-            },
-            {"VAULT_TOKEN": bao.token, "GH_CLIENT_SECRET": oidc.client_secret},
-            replica_of=replica_of,
-        )
-        made.append(g)
-        g.start()
-        return g
-
-    yield make
-    for g in made:
-        g.stop()
-
-
 def test_two_replicas_concurrent_401s_refresh_once(
     vault_pair: Callable[..., Credgate], echo: EchoUpstream, oidc: OidcProvider
 ) -> None:
     a = vault_pair()
     seeded = oidc.seed(revoke_access=True)
     gid, a1 = seeded["grantId"], seeded["access_token"]
-    client, token = _connect(a, seeded)
+    client, token = connect_seeded(a, seeded)
     b = vault_pair(replica_of=a)  # started after the client exists: no client-sync lag to wait out
     marker = unique("rep")
     # 20 requests on each replica at once: each injects the dead token, gets a 401, refreshes
@@ -532,6 +289,6 @@ def test_two_replicas_concurrent_401s_refresh_once(
         m = unique(f"after-{n}")
         r = gate.proxy("GET", f"/guarded/{m}", token)
         assert r.status_code == 200, describe(r)
-        assert _seen(echo, m) == [f"Bearer {a2}"], n
-    assert f"Bearer {a1}" in _seen(echo, marker), "the upstream 401 path was not exercised"
+        assert seen_auth(echo, m) == [f"Bearer {a2}"], n
+    assert f"Bearer {a1}" in seen_auth(echo, marker), "the upstream 401 path was not exercised"
     assert len(oidc.refreshes(gid)) == 1

@@ -8,23 +8,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from echo_upstream import EchoUpstream
+from oidc_provider import RATE, OidcProvider, connect_seeded, oidc_integration, oidc_routes
+from openbao import OpenBao
 from support import Credgate
-from test_refresh_oidc import (  # noqa: F401  (fixtures)
-    RATE, OidcProvider, _connect, _integration, _no_delay, _routes, bao, doomed, introspecting, oidc, vault_pair,
-)
+
+# The `oidc`, `vault_pair` and `bao` fixtures are in conftest.py.
+pytestmark = pytest.mark.usefixtures("oidc_reset")
 
 
 def test_scheduled_refresh_keeps_the_credential_scheduled(tmp_path: Path, echo: EchoUpstream, oidc: OidcProvider) -> None:
     """One credgate. Tokens live 3600 s, due 3594 s ahead: a refresh every ~6 s."""
     period, window = 6, 15
-    g = Credgate(tmp_path / "one", _routes(echo),
-                 {"integrations.gh": _integration(oidc), "refresh": {"interval_seconds": 1, "before_seconds": 3600 - period}, **RATE},
+    g = Credgate(tmp_path / "one", oidc_routes(echo),
+                 {"integrations.gh": oidc_integration(oidc), "refresh": {"interval_seconds": 1, "before_seconds": 3600 - period}, **RATE},
                  {"GH_CLIENT_SECRET": oidc.client_secret})
     g.start()
     try:
         seeded = oidc.seed()
-        _connect(g, seeded, expires_in=3600 - period + 1)
+        connect_seeded(g, seeded, expires_in=3600 - period + 1)
         start = time.time()
         time.sleep(window)
         times = [round(e["at"] - start, 2) for e in oidc.refreshes(seeded["grantId"])]
@@ -46,7 +49,7 @@ def test_two_replicas_scheduled_refresh_once_per_due_period(
     seeded = oidc.seed()
     gid = seeded["grantId"]
     # due at once on both: A through its own write, B through its start-up scan
-    _connect(a, seeded, expires_in=3600 - period + 1)
+    connect_seeded(a, seeded, expires_in=3600 - period + 1)
     b = vault_pair(replica_of=a, **sched)
     start = time.time()
     time.sleep(window)
@@ -71,7 +74,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E40
 
 import httpx  # noqa: E402
 from support import describe, unique  # noqa: E402
-from test_vault import OpenBao  # noqa: E402
 
 
 class SlowLeaseReads:
@@ -124,10 +126,10 @@ def test_replica_refreshing_with_a_stale_read_revokes_the_grant(
 
     def make(addr: str, replica_of: Credgate | None = None) -> Credgate:
         g = Credgate(
-            tmp_path / f"g{addr[-5:]}", _routes(echo),
+            tmp_path / f"g{addr[-5:]}", oidc_routes(echo),
             {"store": {"backend": "vault", "sync_interval_seconds": 1,
                        "vault": {"address": addr, "timeout_ms": 5000, "max_retries": 1}},
-             "integrations.gh": _integration(oidc), **RATE},
+             "integrations.gh": oidc_integration(oidc), **RATE},
             {"VAULT_TOKEN": bao.token, "GH_CLIENT_SECRET": oidc.client_secret},
             replica_of=replica_of,
         )
@@ -138,7 +140,7 @@ def test_replica_refreshing_with_a_stale_read_revokes_the_grant(
     try:
         seeded = oidc.seed(revoke_access=True)
         gid = seeded["grantId"]
-        _, token = _connect(a, seeded)
+        _, token = connect_seeded(a, seeded)
         b = make(slow.url, replica_of=a)
         try:
             slow.delay = 1.5

@@ -4,22 +4,14 @@ instead of hammering; invalid_grant ends the retries."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 
 import pytest
 from oauth_provider import OAuthProvider
-from support import Credgate, describe, route, unique
+from support import Credgate, describe, eventually, route, unique
 
-APP_ID = "sched-app"
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[OAuthProvider]:
-    p = OAuthProvider(APP_ID, secrets.token_urlsafe(24))
-    yield p
-    p.close()
+APP_ID = "sched-app"  # the `provider` fixture (conftest.py) registers this client
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +31,6 @@ def sgate(tmp_path_factory: pytest.TempPathFactory, provider: OAuthProvider) -> 
     g.stop()
 
 
-def _wait(pred, timeout: float = 15.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _meta(gate: Credgate, tenant: str) -> dict:
     r = gate.admin("GET", f"/api/admin/credentials/{tenant}/sch")
     assert r.status_code == 200, describe(r)
@@ -61,8 +44,8 @@ def test_due_credential_is_refreshed_by_the_scheduler(sgate: Credgate, provider:
     tenant = unique("sc")
     body = {"access_token": a1, "refresh_token": r1, "token_type": "Bearer", "expires_in": 1800}
     assert sgate.put_credential(tenant, "sch", body).status_code in (200, 201)
-    assert _wait(lambda: len(provider.refreshes_of(r1)) >= 1), "the scheduler never refreshed a due credential"
-    assert _wait(lambda: _meta(sgate, tenant).get("refreshCount", 0) >= 1)
+    assert eventually(lambda: len(provider.refreshes_of(r1)) >= 1, 15), "the scheduler never refreshed a due credential"
+    assert eventually(lambda: _meta(sgate, tenant).get("refreshCount", 0) >= 1, 15)
     meta = _meta(sgate, tenant)
     assert meta["status"] == "active", meta
     # The refreshed credential expires an hour out (provider default) and is due again only then;
@@ -90,7 +73,7 @@ def test_invalid_grant_stops_scheduled_retries(sgate: Credgate, provider: OAuthP
         tenant = unique("si")
         body = {"access_token": a1, "refresh_token": r1, "expires_in": 1800}
         assert sgate.put_credential(tenant, "sch", body).status_code in (200, 201)
-        assert _wait(lambda: _meta(sgate, tenant).get("status") == "reauthorization_required")
+        assert eventually(lambda: _meta(sgate, tenant).get("status") == "reauthorization_required", 15)
         seen = len(provider.refreshes_of(r1))
         time.sleep(3)
         assert len(provider.refreshes_of(r1)) == seen, "retried after invalid_grant"
@@ -106,7 +89,7 @@ def test_provider_outage_backs_off(sgate: Credgate, provider: OAuthProvider) -> 
         tenant = unique("so")
         body = {"access_token": a1, "refresh_token": r1, "expires_in": 1800}
         assert sgate.put_credential(tenant, "sch", body).status_code in (200, 201)
-        assert _wait(lambda: len(provider.refreshes_of(r1)) >= 1)
+        assert eventually(lambda: len(provider.refreshes_of(r1)) >= 1, 15)
         time.sleep(4)
         # the first retry waits at least 15 s (30 s halved by jitter): no hammering each tick
         assert len(provider.refreshes_of(r1)) == 1, provider.refreshes_of(r1)

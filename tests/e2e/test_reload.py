@@ -3,23 +3,12 @@ new config is refused, logged, and the running one kept."""
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 import time
 
-import httpx
 from echo_upstream import EchoUpstream
-from support import Credgate, describe, route, unique
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
+from support import Credgate, describe, eventually, route, sse_events, unique
 
 
 def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: EchoUpstream) -> None:
@@ -38,22 +27,14 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
 
     def stream() -> None:
         try:
-            with httpx.Client(timeout=httpx.Timeout(20.0), trust_env=False) as c:
-                with c.stream(
-                    "GET",
-                    f"{gate.url}/echo/sse?n=12&delay=0.25&id={unique('s')}",
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as r:
-                    assert r.status_code == 200, describe(r)
-                    for line in r.iter_lines():
-                        if line.startswith("data: "):
-                            events.append(json.loads(line[6:]))
+            for event in sse_events(gate, f"/echo/sse?n=12&delay=0.25&id={unique('s')}", token, timeout=20.0):
+                events.append(event)
         except BaseException as e:  # reported below
             failed.append(e)
 
     t = threading.Thread(target=stream)
     t.start()
-    assert _wait(lambda: len(events) >= 1), "stream did not start"
+    assert eventually(lambda: len(events) >= 1), "stream did not start"
 
     # Good config: a new route and a tight tenant rate limit.
     gate.routes = [route("echo", "/echo", echo.url), route("later", "/later", echo.url)]
@@ -61,7 +42,7 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
     gate.config_path.write_text(gate.config_text())
     assert gate.proc is not None
     gate.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: gate.proxy("GET", "/later/x", token).status_code != 404), "new route not served"
+    assert eventually(lambda: gate.proxy("GET", "/later/x", token).status_code != 404), "new route not served"
     gate.put_bearer(tenant, "later", f"c-{unique('y')}")  # now that a route uses it
     statuses = [gate.proxy("GET", "/echo/x", token).status_code for _ in range(6)]
     assert 429 in statuses, f"reloaded rate limit not applied: {statuses}"
@@ -69,7 +50,7 @@ def test_sighup_applies_a_good_config_and_refuses_a_bad_one(make_gate, echo: Ech
     # Bad config: refused, logged, the running one kept.
     gate.config_path.write_text(gate.config_text() + "\n[proxy]\nbogus_key = 1\n")
     gate.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: "new configuration refused" in gate.logs()), gate.log_tail()
+    assert eventually(lambda: "new configuration refused" in gate.logs()), gate.log_tail()
     time.sleep(1.1)  # let the 1/s bucket refill a token
     assert gate.proxy("GET", "/later/x", token).status_code == 200
     assert gate.proc.poll() is None, "credgate died on a bad config"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from echo_upstream import EchoUpstream
-from support import ECHO_INTEGRATIONS, Credgate, describe, route, unique
+from support import ECHO_INTEGRATIONS, Credgate, describe, eventually, route, unique
 
 SYNC_SECONDS = 1
 
@@ -30,15 +30,6 @@ def pair(tmp_path: Path, echo: EchoUpstream) -> Iterator[tuple[Credgate, Credgat
         a.stop()
 
 
-def _eventually(check, timeout: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 def test_replicas_share_clients_keys_and_credentials(pair: tuple[Credgate, Credgate]) -> None:
     a, b = pair
     tenant = unique("rep")
@@ -47,7 +38,7 @@ def test_replicas_share_clients_keys_and_credentials(pair: tuple[Credgate, Credg
     tok_a = a.token(client)
 
     # B validates A's token (shared signing keys) and injects A's stored credential
-    assert _eventually(lambda: b.proxy("GET", "/echo/x", tok_a).status_code == 200, SYNC_SECONDS + 5), describe(
+    assert eventually(lambda: b.proxy("GET", "/echo/x", tok_a).status_code == 200, SYNC_SECONDS + 5), describe(
         b.proxy("GET", "/echo/x", tok_a)
     )
     r = b.proxy("GET", "/echo/x", tok_a)
@@ -64,11 +55,11 @@ def test_suspension_reaches_other_replica_within_sync_interval(pair: tuple[Credg
     a.put_bearer(tenant, "echo", "c")
     client = a.create_client(tenant=tenant, integrations=ECHO_INTEGRATIONS)
     tok = a.token(client)
-    assert _eventually(lambda: b.proxy("GET", "/echo/s", tok).status_code == 200, SYNC_SECONDS + 5)
+    assert eventually(lambda: b.proxy("GET", "/echo/s", tok).status_code == 200, SYNC_SECONDS + 5)
 
     r = a.admin("PUT", f"/api/admin/oauth/clients/{client.client_id}", json={"active": False})
     assert r.status_code == 200, describe(r)
     assert a.proxy("GET", "/echo/s", tok).status_code == 401, "not refused at once on the replica that suspended"
     start = time.monotonic()
-    ok = _eventually(lambda: b.proxy("GET", "/echo/s", tok).status_code == 401, SYNC_SECONDS + 3)
+    ok = eventually(lambda: b.proxy("GET", "/echo/s", tok).status_code == 401, SYNC_SECONDS + 3)
     assert ok, f"other replica still accepts a suspended client's token after {time.monotonic() - start:.1f}s"

@@ -5,11 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import anyio
-from support import ECHO_INTEGRATIONS, Credgate, describe, http, mcp_session, unique
-
-
-def _upstream_auth(r) -> list[str]:  # noqa: ANN001
-    return [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
+from support import ECHO_INTEGRATIONS, Credgate, describe, http, mcp_session, unique, upstream_auth
 
 
 def test_clients_keys_and_credentials_survive_restart(
@@ -25,7 +21,7 @@ def test_clients_keys_and_credentials_survive_restart(
     old_token = gate.token(client)
     r = gate.proxy("GET", "/echo/before", old_token)
     assert r.status_code == 200, describe(r)
-    assert _upstream_auth(r) == [f"Bearer {echo_cred}"]
+    assert upstream_auth(r) == [f"Bearer {echo_cred}"]
 
     gate.restart()
     assert gate.store_path.exists(), "embedded store file not at the configured path"
@@ -33,7 +29,7 @@ def test_clients_keys_and_credentials_survive_restart(
     # a token issued before the restart still validates: the signing key was persisted
     r = gate.proxy("GET", "/echo/after", old_token)
     assert r.status_code == 200, f"old token after restart: {describe(r)}"
-    assert _upstream_auth(r) == [f"Bearer {echo_cred}"]
+    assert upstream_auth(r) == [f"Bearer {echo_cred}"]
     # the old client secret still gets a token
     r = gate.token_request(client)
     assert r.status_code == 200, f"old client secret after restart: {describe(r)}"

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import closing
 
 import anyio
 import httpx
 import pytest
 from echo_upstream import EchoUpstream
-from support import ECHO_INTEGRATIONS, Credgate, describe, mcp_session, unique
+from support import ECHO_INTEGRATIONS, Credgate, describe, mcp_session, sse_events, unique
 
 
 def _echo_token(gate: Credgate) -> str:
@@ -51,19 +52,10 @@ def test_sse_events_arrive_as_sent(gate: Credgate, echo: EchoUpstream) -> None:
 def test_caller_disconnect_closes_upstream_stream(gate: Credgate, echo: EchoUpstream) -> None:
     token = _echo_token(gate)
     stream_id = unique("cancel")
-    with httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False) as c:
-        with c.stream(
-            "GET",
-            f"{gate.url}/echo/events/sse?n=200&delay=0.05&id={stream_id}",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as r:
-            assert r.status_code == 200, describe(r)
-            got = 0
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    got += 1
-                    if got == 2:
-                        break
+    with closing(sse_events(gate, f"/echo/events/sse?n=200&delay=0.05&id={stream_id}", token)) as events:
+        for got, _ in enumerate(events, 1):
+            if got == 2:
+                break
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not echo.streams[stream_id]["disconnected"]:
         time.sleep(0.05)

@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import anyio
 import pytest
-from support import ECHO_INTEGRATIONS, Credgate, describe, mcp_session, spec_error, unique
+from support import ECHO_INTEGRATIONS, Credgate, describe, mcp_session, spec_error, unique, upstream_auth
 
 
 def _upstream_auth(resp) -> str | None:  # noqa: ANN001
-    vals = [v for k, v in resp.json()["headers"] if k.lower() == "authorization"]
+    vals = upstream_auth(resp)
     assert len(vals) <= 1, f"several Authorization headers reached the upstream: {vals}"
     return vals[0] if vals else None
 

