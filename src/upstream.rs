@@ -394,7 +394,7 @@ fn classify(e: &hyper::Error) -> ProxyError {
     // A body that broke the size limit while streaming surfaces here.
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(limit) = s.downcast_ref::<crate::proxy::BodyTooLarge>() {
+        if let Some(limit) = s.downcast_ref::<crate::http::BodyTooLarge>() {
             return ProxyError::PayloadTooLarge { limit: limit.0 };
         }
         source = s.source();
