@@ -148,10 +148,11 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn routes(toml: &str) -> Routes {
+    /// The route table of a TOML config (for tests of modules that take routes).
+    pub(crate) fn routes(toml: &str) -> Routes {
         Routes::from_config(&Config::from_toml_with_env(toml, Vec::new()).unwrap())
     }
 

@@ -177,13 +177,12 @@ pub fn upstream_parts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::routes::Routes;
+    use crate::routes::tests::routes as table;
     use http::Request;
 
     #[test]
     fn request_hygiene() {
-        let cfg = Config::from_toml_with_env(
+        let routes = table(
             r#"
             [[routes]]
             integration = "github"
@@ -191,10 +190,7 @@ mod tests {
             upstream = "http://127.0.0.1:9000"
             strip_prefix = true
             "#,
-            Vec::new(),
-        )
-        .unwrap();
-        let routes = Routes::from_config(&cfg);
+        );
         let route = routes.find(None, "/github/mcp").unwrap();
         let req = Request::builder()
             .uri("/github/mcp?x=1")
@@ -266,7 +262,7 @@ mod tests {
 
     #[test]
     fn custom_header_injection_replaces_callers_copy() {
-        let cfg = Config::from_toml_with_env(
+        let routes = table(
             r#"
             [[routes]]
             integration = "k"
@@ -274,10 +270,7 @@ mod tests {
             upstream = "http://127.0.0.1:9000"
             inject = { header = "X-API-Key" }
             "#,
-            Vec::new(),
-        )
-        .unwrap();
-        let routes = Routes::from_config(&cfg);
+        );
         let route = routes.find(None, "/k").unwrap();
         let req = Request::builder()
             .uri("/k")
