@@ -1,5 +1,8 @@
-//! The body type every handler answers with, and small response helpers.
+//! The body type every handler answers with, what a handler knows of its
+//! connection, and small request and response helpers. Below both the
+//! server and the proxy.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +16,34 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Response (and forwarded request) body: streamed or buffered, boxed once.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What a handler knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer's IP, formatted once per connection (`X-Forwarded-For`).
+    pub peer_ip: http::HeaderValue,
+    pub tls: bool,
+}
+
+impl ConnInfo {
+    /// `X-Forwarded-Proto` for requests on this connection.
+    pub fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// Marker error: the streamed request body passed `max_body_bytes`.
+#[derive(Debug)]
+pub struct BodyTooLarge(pub u64);
+
+impl std::fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body over {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

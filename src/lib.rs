@@ -6,7 +6,8 @@
 //!
 //! - [`config`]: the TOML configuration, env overrides, validation.
 //! - [`error`]: the errors callers see and their one mapping to HTTP.
-//! - [`http`]: the body type and response helpers.
+//! - [`http`]: the body type, the connection a request came on, request and
+//!   response helpers (below both `server` and `proxy`).
 //! - [`ids`]: tenant and integration identifier rules.
 //! - [`store`]: versioned records with check-and-set and per-tenant encryption
 //!   (`embedded` file backend; Vault).
@@ -22,7 +23,8 @@
 //! - [`ratelimit`]: per-tenant and per-client token buckets.
 //! - [`refresh`]: upstream credential refresh: provider calls, single-flight, leases.
 //! - [`reload`]: what a SIGHUP reload applies, and which changed keys need a restart.
-//! - [`upstream`]: the upstream client and header hygiene.
+//! - [`upstream`]: the upstream client, its connection pool, the request
+//!   rewrite and header hygiene.
 //! - [`credentials`]: upstream credential records and their cache.
 //! - [`oauth`]: credgate as authorization server for its clients.
 //! - [`admin`]: the admin API.

@@ -13,27 +13,14 @@ use hyper::body::Incoming;
 use crate::config::{Inject, InjectMode};
 use crate::credentials::Cached;
 use crate::error::ProxyError;
-use crate::http::{Body, IdleTimeout, drain, full, read_body};
+use crate::http::{Body, BodyTooLarge, ConnInfo, IdleTimeout, drain, full, read_body};
 use crate::ids;
 use crate::mcp;
 use crate::oauth::{Principal, Tenants};
 use crate::routes::Route;
-use crate::server::ConnInfo;
 use crate::state::{AppState, Live};
 use crate::telemetry;
 use crate::upstream::{self, Forward, X_TENANT_ID};
-
-/// Marker error: the streamed request body passed `max_body_bytes`.
-#[derive(Debug)]
-pub struct BodyTooLarge(pub u64);
-
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "request body over {} bytes", self.0)
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
 
 /// Answers a request that is not for credgate's own endpoints.
 pub async fn handle(
@@ -194,7 +181,7 @@ async fn forward(
             peer_trusted: caller.peer_trusted,
             proto: conn.proto(),
             request_id,
-            credential: inject(live, route, &credential),
+            credential: inject(route, &credential),
         },
     )?;
 
@@ -254,7 +241,6 @@ async fn forward(
     let retry = retry_head.map(|head| (head, kept.unwrap_or_default()));
     let resp = Box::pin(after_unauthorized(
         state,
-        live,
         route,
         &tenant,
         credential.version,
@@ -271,7 +257,6 @@ type RetryHead = (Method, http::Uri, http::HeaderMap);
 /// Refreshes it, and sends the request again when its body was kept.
 async fn after_unauthorized(
     state: &AppState,
-    live: &Live,
     route: &Route,
     tenant: &Arc<str>,
     used: u64,
@@ -305,7 +290,7 @@ async fn after_unauthorized(
         }
     };
     drop(resp);
-    let (name, value) = inject(live, route, &fresh);
+    let (name, value) = inject(route, &fresh);
     headers.insert(name.clone(), value);
     let mut retry = Request::new(full(kept));
     *retry.method_mut() = method;
@@ -315,12 +300,13 @@ async fn after_unauthorized(
 }
 
 /// The header and value that carry the route's credential.
-fn inject<'a>(live: &'a Live, route: &Route, c: &Cached) -> (&'a HeaderName, HeaderValue) {
-    match &route.inject {
-        Inject::Mode(InjectMode::Bearer) => (&header::AUTHORIZATION, c.bearer.clone()),
-        Inject::Mode(InjectMode::Basic) => (&header::AUTHORIZATION, c.basic.clone()),
-        Inject::Header { .. } => (live.inject_header(route.index), c.raw.clone()),
-    }
+fn inject<'a>(route: &'a Route, c: &Cached) -> (&'a HeaderName, HeaderValue) {
+    let value = match &route.inject {
+        Inject::Mode(InjectMode::Bearer) => c.bearer.clone(),
+        Inject::Mode(InjectMode::Basic) => c.basic.clone(),
+        Inject::Header { .. } => c.raw.clone(),
+    };
+    (&route.inject_header, value)
 }
 
 async fn send(
@@ -390,19 +376,6 @@ fn authorize(p: &Principal, route: &Route) -> Result<(), ProxyError> {
         });
     }
     Ok(())
-}
-
-/// Header names for `inject = { header = … }`, parsed once per route.
-pub fn inject_headers(routes: &crate::routes::Routes) -> Vec<HeaderName> {
-    routes
-        .iter()
-        .map(|r| match &r.inject {
-            Inject::Header { header } => {
-                HeaderName::from_bytes(header.as_bytes()).expect("validated header name")
-            }
-            Inject::Mode(_) => header::AUTHORIZATION,
-        })
-        .collect()
 }
 
 #[cfg(test)]

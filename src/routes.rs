@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use http::header::HeaderName;
+
 use crate::config::{Config, Inject, RouteConfig};
 use crate::upstream::Target;
 
@@ -23,6 +25,9 @@ pub struct Route {
     pub strip_prefix: bool,
     pub required_scopes: Vec<String>,
     pub inject: Inject,
+    /// The header the credential goes in (`Authorization`, or the name of
+    /// `inject = { header = … }`), parsed once when the table is built.
+    pub inject_header: HeaderName,
     /// RFC 9728 resource URL, also the audience of tokens bound to the route.
     pub resource: Arc<str>,
     /// URL of the route's RFC 9728 document (for `WWW-Authenticate`).
@@ -52,6 +57,12 @@ impl Route {
             upstream_base: base,
             strip_prefix: c.strip_prefix,
             required_scopes: c.required_scopes.clone(),
+            inject_header: match &c.inject {
+                Inject::Header { header } => {
+                    HeaderName::from_bytes(header.as_bytes()).expect("validated header name")
+                }
+                Inject::Mode(_) => http::header::AUTHORIZATION,
+            },
             inject: c.inject.clone(),
             resource: c.resource_url(public_url).into(),
             resource_metadata: c.resource_metadata_url(public_url).into(),
@@ -137,10 +148,11 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn routes(toml: &str) -> Routes {
+    /// The route table of a TOML config (for tests of modules that take routes).
+    pub(crate) fn routes(toml: &str) -> Routes {
         Routes::from_config(&Config::from_toml_with_env(toml, Vec::new()).unwrap())
     }
 

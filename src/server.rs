@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::conn_limits::{self, Activity, InFlight, Tracked};
 use crate::error::ProxyError;
-use crate::http::{Body, request_id};
+use crate::http::{Body, ConnInfo, request_id};
 use crate::state::AppState;
 use crate::tls::{self, ReloadingCert, TlsError};
 use crate::upstream::X_REQUEST_ID;
@@ -36,22 +36,6 @@ use crate::{admin, ops, proxy};
 /// A TLS handshake must finish within this (and within the header timeout,
 /// which counts from the accept).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a handler knows about the connection a request came on.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The peer's IP, formatted once per connection (`X-Forwarded-For`).
-    pub peer_ip: http::HeaderValue,
-    pub tls: bool,
-}
-
-impl ConnInfo {
-    /// `X-Forwarded-Proto` for requests on this connection.
-    pub fn proto(&self) -> &'static str {
-        if self.tls { "https" } else { "http" }
-    }
-}
 
 /// A bound socket and how to serve it.
 pub struct Listener {

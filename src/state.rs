@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Response;
-use http::header::HeaderName;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::audit::Audit;
@@ -30,7 +29,6 @@ pub struct Live {
     pub max_body_bytes: u64,
     /// `proxy.max_replay_body_bytes`.
     pub max_replay_body_bytes: u64,
-    inject_headers: Vec<HeaderName>,
     rate_limit_config: RateLimitConfig,
     pub rate_limits: Arc<RateLimits>,
 }
@@ -47,18 +45,12 @@ impl Live {
             )?),
         };
         Ok(Live {
-            inject_headers: crate::proxy::inject_headers(&routes),
             routes,
             max_body_bytes: config.proxy.max_body_bytes,
             max_replay_body_bytes: config.proxy.max_replay_body_bytes,
             rate_limit_config: config.rate_limit.clone(),
             rate_limits,
         })
-    }
-
-    /// The header a route injects its credential into.
-    pub fn inject_header(&self, route_index: usize) -> &HeaderName {
-        &self.inject_headers[route_index]
     }
 }
 

@@ -12,11 +12,17 @@
 //! - Connect errors, timeouts, 5xx and a sealed Vault are
 //!   [`StoreError::Unavailable`]; each request is bounded by `timeout_ms`, and
 //!   connect errors and 5xx are retried `max_retries` times with backoff.
-//! - Auth (token, AppRole, Kubernetes) and token renewal live in [`auth`];
-//!   requests and retries in [`client`].
+//! - Layers, bottom up: [`failure`] (why a call failed, backoff, the mapping
+//!   to [`StoreError`]); [`auth`] (token, AppRole, Kubernetes logins, the
+//!   token's lease); [`endpoint`] (address, CA, the HTTP clients);
+//!   [`client`] (sessions, requests, retries, re-login on 403); [`transit`]
+//!   and [`renewal`] (the task that keeps the token alive) on top.
 
 mod auth;
 mod client;
+mod endpoint;
+mod failure;
+mod renewal;
 mod transit;
 
 use std::collections::BTreeMap;
@@ -33,7 +39,8 @@ use serde_json::{Map, Value, json};
 use super::{Cas, Plaintext, Record, Store, StoreError};
 use crate::config::{VaultAuth, VaultConfig};
 use auth::Auth;
-use client::{Conn, Failure};
+use client::Conn;
+use failure::Failure;
 use transit::Transit;
 
 /// Environment variable holding the token for `auth = "token"`.
@@ -154,7 +161,7 @@ impl VaultStore {
         let first = if conn.auth.can_login() {
             conn.relogin(0).await.map(drop)
         } else {
-            auth::lookup(&conn).await.map(drop)
+            renewal::lookup(&conn).await.map(drop)
         };
         if let Err(f) = first {
             match f.into_store_error() {
@@ -164,7 +171,7 @@ impl VaultStore {
                 other => return Err(other),
             }
         }
-        let keep_alive = tokio::spawn(auth::keep_alive(Arc::downgrade(&conn)));
+        let keep_alive = tokio::spawn(renewal::keep_alive(Arc::downgrade(&conn)));
         Ok(VaultStore {
             kv: config.kv_mount.trim_matches('/').to_owned(),
             transit: Transit::new(&config.transit_mount),

@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use vaultrs::api::transit::requests::CreateKeyRequest;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::client::{Conn, Failure};
+use super::client::Conn;
 use super::encode_segment;
+use super::failure::Failure;
 use crate::store::{Plaintext, StoreError};
 
 /// What credgate needs to know about a Transit key.
