@@ -166,11 +166,7 @@ impl Connect {
         integration: Option<&str>,
         minutes: u64,
     ) -> Result<(String, OffsetDateTime), ProxyError> {
-        let key = self
-            .signer
-            .key(state.store.as_ref())
-            .await
-            .map_err(|e| crate::credentials::store_error(&e))?;
+        let key = self.signer.key(state.store.as_ref()).await?;
         let expires = OffsetDateTime::now_utc() + time::Duration::minutes(minutes as i64);
         let claims = Claims {
             k: if integration.is_some() {

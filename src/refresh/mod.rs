@@ -119,7 +119,7 @@ impl From<RefreshError> for ProxyError {
             RefreshError::Throttled => ProxyError::CredentialRefreshFailed {
                 retry_after_secs: RETRY_AFTER_SECS,
             },
-            RefreshError::Store(e) => credentials::store_error(&e),
+            RefreshError::Store(e) => e.into(),
         }
     }
 }
