@@ -44,6 +44,7 @@ use crate::config::{Config, IntegrationGrant};
 use crate::credentials::{self, Credential, Status, Stored, usable_at};
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
+use crate::secrets::Secrets;
 use crate::store::{Cas, Store, StoreError};
 use provider::{Provider, providers_of};
 
@@ -93,6 +94,18 @@ pub enum RefreshError {
     Store(#[from] StoreError),
 }
 
+/// Why the refresher cannot take a (re)loaded config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("integrations.{integration}.token_url: {message}")]
+    TokenUrl {
+        integration: String,
+        message: String,
+    },
+    #[error("http client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
 impl RefreshError {
     pub fn is_final(&self) -> bool {
         matches!(
@@ -125,6 +138,8 @@ type Key = (String, String);
 
 pub struct Refresher {
     store: Arc<dyn Store>,
+    /// Client secrets, for providers (re)loaded from the config.
+    secrets: Arc<Secrets>,
     http: reqwest::Client,
     /// Swapped whole on reload.
     providers: ArcSwap<BTreeMap<String, Provider>>,
@@ -152,21 +167,23 @@ pub struct Refresher {
 impl Refresher {
     pub fn new(
         config: &Config,
+        secrets: Arc<Secrets>,
         tls: rustls::ClientConfig,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         audit: Arc<Audit>,
-    ) -> Result<Self, String> {
-        let providers = ArcSwap::from_pointee(providers_of(config)?);
+    ) -> Result<Self, SetupError> {
+        let providers = ArcSwap::from_pointee(providers_of(config, &secrets)?);
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             // RFC 6749 token endpoints do not redirect; following one could leak the secret.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(PROVIDER_TIMEOUT)
             .build()
-            .map_err(|e| format!("http client: {e}"))?;
+            .map_err(SetupError::HttpClient)?;
         Ok(Refresher {
             store,
+            secrets,
             http,
             providers,
             locks: Mutex::new(HashMap::new()),
@@ -185,8 +202,9 @@ impl Refresher {
     }
 
     /// Takes the integrations and `[refresh]` timings of a reloaded config.
-    pub fn reload_providers(&self, config: &Config) -> Result<(), String> {
-        self.providers.store(Arc::new(providers_of(config)?));
+    pub fn reload_providers(&self, config: &Config) -> Result<(), SetupError> {
+        self.providers
+            .store(Arc::new(providers_of(config, &self.secrets)?));
         self.before_secs
             .store(config.refresh.before_seconds as i64, Ordering::Relaxed);
         self.min_interval_secs

@@ -14,10 +14,11 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
-use super::RefreshError;
 use super::provider_http::LimitedClient;
+use super::{RefreshError, SetupError};
 use crate::config::{ClientAuthMethod, Config, IntegrationGrant};
 use crate::credentials::{Credential, Status};
+use crate::secrets::Secrets;
 
 /// Lifetimes a provider announces are capped at ten years.
 const MAX_LIFETIME_SECS: u64 = 10 * 365 * 86400;
@@ -158,17 +159,20 @@ fn injectable(token: &str) -> Result<SecretString, RefreshError> {
 }
 
 /// The OAuth apps of the configured integrations that can refresh.
-pub(super) fn providers_of(config: &Config) -> Result<BTreeMap<String, Provider>, String> {
+pub(super) fn providers_of(
+    config: &Config,
+    secrets: &Secrets,
+) -> Result<BTreeMap<String, Provider>, SetupError> {
     let mut providers = BTreeMap::new();
     for (id, i) in &config.integrations {
         let (Some(url), Some(client_id)) = (&i.token_url, &i.client_id) else {
             continue;
         };
-        let token_url =
-            TokenUrl::new(url.clone()).map_err(|e| format!("integrations.{id}.token_url: {e}"))?;
-        let client_secret = std::env::var(i.client_secret_env(id))
-            .ok()
-            .map(SecretString::from);
+        let token_url = TokenUrl::new(url.clone()).map_err(|e| SetupError::TokenUrl {
+            integration: id.clone(),
+            message: e.to_string(),
+        })?;
+        let client_secret = secrets.client_secret(id, i);
         providers.insert(
             id.clone(),
             Provider {

@@ -110,9 +110,9 @@ impl TokenEndpoint {
 /// The in-memory store whose credential writes fail while `down` is set
 /// (lease writes, under the internal prefix, still land).
 #[derive(Default)]
-struct CredentialWritesFail {
+pub(super) struct CredentialWritesFail {
     inner: MemStore,
-    down: AtomicBool,
+    pub(super) down: AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -182,6 +182,7 @@ fn refresher(store: Arc<dyn Store>, token_url: &str) -> Arc<Refresher> {
     Arc::new(
         Refresher::new(
             &config(token_url, 0),
+            Arc::default(),
             crate::tls::client_config(None).unwrap(),
             store,
             Arc::new(Metrics::new()),
@@ -352,6 +353,7 @@ async fn a_store_failure_after_the_provider_answered_keeps_the_new_pair() {
     let metrics = Arc::new(Metrics::new());
     let r = Refresher::new(
         &config(&url, 0),
+        Arc::default(),
         crate::tls::client_config(None).unwrap(),
         store.clone(),
         metrics.clone(),
@@ -384,6 +386,7 @@ async fn upstream_401s_refresh_a_credential_once_per_interval() {
     let with = |min_interval_seconds| {
         Refresher::new(
             &config("http://127.0.0.1:1/token", min_interval_seconds),
+            Arc::default(),
             crate::tls::client_config(None).unwrap(),
             Arc::new(MemStore::new()),
             Arc::new(Metrics::new()),
