@@ -88,6 +88,13 @@ pub enum StartError {
     Audit(#[from] std::io::Error),
     #[error("{0}")]
     Config(String),
+    #[error(
+        "{} must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)",
+        crate::config::ENV_ADMIN_TOKEN
+    )]
+    AdminTokenTooShort,
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Refresh(#[from] crate::refresh::SetupError),
     #[error(transparent)]
@@ -126,18 +133,14 @@ impl AppState {
             .as_ref()
             .is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN_LEN)
         {
-            return Err(StartError::Config(format!(
-                "{} must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)",
-                crate::config::ENV_ADMIN_TOKEN
-            )));
+            return Err(StartError::AdminTokenTooShort);
         }
         let audit = Arc::new(Audit::open(&config.audit.path)?);
         let mut authority =
             Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?;
         authority.set_admin_token(admin_token);
         let authority = Arc::new(authority);
-        let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())?;
         let refresher = Refresher::new(
             &config,
             secrets.clone(),
