@@ -184,25 +184,12 @@ async fn write_until_landed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::Status;
 
     /// Credential writes fail while `down` is set: the store outage that
     /// follows a provider's answer.
     type Outage = crate::refresh::tests::CredentialWritesFail;
 
-    fn pair(access: &str, refresh: &str) -> Credential {
-        Credential {
-            access_token: SecretString::from(access),
-            refresh_token: Some(SecretString::from(refresh)),
-            expires_at: None,
-            scopes: vec![],
-            token_type: "Bearer".into(),
-            created_by: "test".into(),
-            auto_refresh: true,
-            refresh_count: 0,
-            status: Status::Active,
-        }
-    }
+    use crate::refresh::tests::pair;
 
     async fn current(store: &Arc<Outage>, kept: &Unpersisted) -> (String, String) {
         let s = credentials::load(store.as_ref(), "t1", "gh")

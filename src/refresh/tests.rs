@@ -192,12 +192,12 @@ fn refresher(store: Arc<dyn Store>, token_url: &str) -> Arc<Refresher> {
     )
 }
 
-fn pair(access: &str, refresh: &str) -> Credential {
+/// An access and refresh token pair that never expires.
+pub(super) fn pair(access: &str, refresh: &str) -> Credential {
     Credential {
         access_token: SecretString::from(access),
         refresh_token: Some(SecretString::from(refresh)),
-        // Expired: every refresh below has to call the provider.
-        expires_at: Some(OffsetDateTime::now_utc() - time::Duration::minutes(1)),
+        expires_at: None,
         scopes: vec![],
         token_type: "Bearer".into(),
         created_by: "test".into(),
@@ -209,7 +209,12 @@ fn pair(access: &str, refresh: &str) -> Credential {
 
 /// Stores the expired pair `at-0`/`rt-0`; returns its version.
 async fn seed(store: &dyn Store) -> u64 {
-    credentials::save(store, T, GH, &pair("at-0", "rt-0"), Cas::Absent)
+    let expired = Credential {
+        // Every refresh below has to call the provider.
+        expires_at: Some(OffsetDateTime::now_utc() - time::Duration::minutes(1)),
+        ..pair("at-0", "rt-0")
+    };
+    credentials::save(store, T, GH, &expired, Cas::Absent)
         .await
         .unwrap()
 }
@@ -294,8 +299,7 @@ async fn an_admin_write_wins_the_check_and_set_race() {
     });
     endpoint.arrived.notified().await;
     // While the provider call is in flight, an admin replaces the credential.
-    let mut admin = pair("admin-at", "admin-rt");
-    admin.expires_at = None;
+    let admin = pair("admin-at", "admin-rt");
     credentials::save(store.as_ref(), T, GH, &admin, Cas::Version(v1))
         .await
         .unwrap();
