@@ -278,6 +278,30 @@ impl ProxyError {
     }
 }
 
+/// Retry-After for STORE_UNAVAILABLE.
+const STORE_RETRY_AFTER_SECS: u64 = 5;
+
+/// A store failure on a request path, as the caller sees it: logged here, so
+/// `?` is all a handler writes.
+impl From<crate::store::StoreError> for ProxyError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::Unavailable(_) | StoreError::Io(_) => {
+                tracing::warn!(error = %e, "credential store unavailable");
+                ProxyError::StoreUnavailable {
+                    retry_after_secs: STORE_RETRY_AFTER_SECS,
+                }
+            }
+            StoreError::Conflict => ProxyError::Conflict("concurrent update; retry".into()),
+            StoreError::Decrypt | StoreError::Corrupt(_) | StoreError::Refused(_) => {
+                tracing::error!(error = %e, "credential record unusable");
+                ProxyError::Internal
+            }
+        }
+    }
+}
+
 fn insert(h: &mut http::HeaderMap, name: header::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);

@@ -13,7 +13,9 @@
 //!   (`embedded` file backend; Vault).
 //! - [`metrics`]: Prometheus families.
 //! - [`audit`]: the secret-free audit log.
+//! - [`secrets`]: the admin token and OAuth client secrets, read once from the environment.
 //! - [`server`]: listeners, HTTP/1.1 + h2c, graceful shutdown; dispatch.
+//! - [`shutdown`]: the one handle that stops every background task.
 //! - [`conn_limits`]: how long a connection may sit without a request.
 //! - [`client_addr`]: the caller's address (`trusted_proxies`,
 //!   `X-Forwarded-For`), the same for every endpoint.
@@ -53,7 +55,9 @@ pub mod ratelimit;
 pub mod refresh;
 pub mod reload;
 pub mod routes;
+pub mod secrets;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod store;
 pub mod telemetry;

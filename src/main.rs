@@ -7,10 +7,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use credgate::config::{Config, ConfigError, ENV_ADMIN_TOKEN, LogFormat, StoreBackend};
+use credgate::reload::ReloadError;
+use credgate::secrets::Secrets;
 use credgate::server::{self, Listeners};
+use credgate::shutdown::Background;
 use credgate::state::AppState;
-use secrecy::SecretString;
-use tokio::sync::watch;
+use secrecy::ExposeSecret;
 use tracing_subscriber::EnvFilter;
 
 // Small, frequent allocations on the request path (headers, bodies, futures)
@@ -83,7 +85,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
                     rt.block_on(async {
-                        let state = AppState::build(c, None).await?;
+                        let state = AppState::build(c, Default::default()).await?;
                         Ok(state.authority.rotate_signing_key().await?)
                     })
                 });
@@ -222,7 +224,6 @@ fn hint(message: &str) -> Option<&'static str> {
 
 /// The log filter: `RUST_LOG` when set, else `log.level`. A filter that names no
 /// level (`verbose`) is refused rather than silencing every log line.
-/// `tokio_cron_scheduler` logs every tick at INFO: kept at WARN unless named.
 fn log_filter(config: &Config) -> Result<EnvFilter, String> {
     let (source, text) = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => ("RUST_LOG", v),
@@ -233,11 +234,7 @@ fn log_filter(config: &Config) -> Result<EnvFilter, String> {
 
 fn level_filter(text: &str) -> Result<EnvFilter, String> {
     credgate::config::check_log_filter(text)?;
-    let mut filter = EnvFilter::try_new(text).map_err(|e| e.to_string())?;
-    if !text.contains("tokio_cron_scheduler") {
-        filter = filter.add_directive("tokio_cron_scheduler=warn".parse().expect("valid"));
-    }
-    Ok(filter)
+    EnvFilter::try_new(text).map_err(|e| e.to_string())
 }
 
 /// Sets the log filter to a reloaded `log.level`; `None` when `RUST_LOG` is
@@ -280,8 +277,11 @@ fn level_setter<S: 'static>(
 }
 
 /// Start-up warnings about a config that works but probably not as meant.
-fn startup_warnings(config: &Config, admin_token: bool) {
-    if !admin_token {
+fn startup_warnings(config: &Config, secrets: &Secrets) {
+    if secrets
+        .admin_token()
+        .is_none_or(|t| t.expose_secret().is_empty())
+    {
         tracing::warn!(
             "{ENV_ADMIN_TOKEN} is not set: every /api/admin call will answer 401; set it (at \
              least 32 random characters) and restart"
@@ -302,7 +302,10 @@ fn startup_warnings(config: &Config, admin_token: bool) {
             continue;
         }
         let var = integration.client_secret_env(name);
-        if std::env::var_os(&var).is_none_or(|v| v.is_empty()) {
+        if secrets
+            .client_secret(name, integration)
+            .is_none_or(|v| v.expose_secret().is_empty())
+        {
             tracing::warn!(
                 integration = %name,
                 variable = %var,
@@ -341,10 +344,8 @@ fn public_url_mismatch(config: &Config) -> Option<String> {
 }
 
 async fn serve(config: Config, config_path: PathBuf, log_level: SetLogLevel) -> anyhow::Result<()> {
-    let admin_token = std::env::var(ENV_ADMIN_TOKEN)
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(SecretString::from);
+    // Read once: the same environment the config overrides came from.
+    let secrets = Arc::new(Secrets::from_env(std::env::vars()));
     let (backend, store_location) = match config.store.backend {
         StoreBackend::Embedded => ("embedded", config.store.path.display().to_string()),
         StoreBackend::Vault => ("vault", config.store.vault.address.clone()),
@@ -356,9 +357,9 @@ async fn serve(config: Config, config_path: PathBuf, log_level: SetLogLevel) -> 
         store_location = %store_location,
         "credgate starting"
     );
-    startup_warnings(&config, admin_token.is_some());
+    startup_warnings(&config, &secrets);
     let state = Arc::new(
-        AppState::build(config, admin_token)
+        AppState::build(config, secrets)
             .await
             .context("starting credgate")?,
     );
@@ -373,30 +374,43 @@ async fn serve(config: Config, config_path: PathBuf, log_level: SetLogLevel) -> 
         store = state.store.backend(),
         "credgate listening"
     );
-    let _scheduler = credgate::refresh::schedule::start(
-        state.credentials.clone(),
-        std::time::Duration::from_secs(state.config.refresh.interval_seconds.max(1)),
+    credgate::refresh::schedule::load(
+        &state.credentials,
         state.config.refresh.before_seconds as i64,
     )
-    .await
-    .map_err(|e| anyhow::anyhow!("refresh scheduler: {e}"))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(state.authority.clone().sync_loop(stop_rx.clone()));
+    .await;
+    let mut background = Background::new();
+    background.spawn(
+        "refresh scheduler",
+        credgate::refresh::schedule::run(
+            state.credentials.clone(),
+            std::time::Duration::from_secs(state.config.refresh.interval_seconds),
+        ),
+    );
+    background.spawn(
+        "oauth sync",
+        state.authority.clone().sync_loop(background.signal()),
+    );
     let limits = state.clone();
-    tokio::spawn(async move {
+    background.spawn("rate-limit eviction", async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
             limits.live.load().rate_limits.evict_idle();
         }
     });
-    tokio::spawn(reload_on_sighup(state.clone(), config_path, log_level));
-    tokio::spawn(async move {
+    background.spawn(
+        "sighup reload",
+        reload_on_sighup(state.clone(), config_path, log_level),
+    );
+    let trigger = background.trigger();
+    background.spawn("signal handler", async move {
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, draining");
-        let _ = stop_tx.send(true);
+        trigger.stop();
     });
-    server::serve(state, listeners, stop_rx).await?;
+    server::serve(state, listeners, background.signal()).await?;
+    background.stop().await;
     if let Some(t) = telemetry {
         t.shutdown().await;
     }
@@ -414,11 +428,11 @@ async fn reload_on_sighup(state: Arc<AppState>, path: PathBuf, log_level: SetLog
     };
     while hup.recv().await.is_some() {
         match Config::load(&path)
-            .map_err(|e| e.to_string())
+            .map_err(ReloadError::from)
             .and_then(|c| {
                 let restart = state.reload(&c, log_level.is_some())?;
                 if let Some(set) = &log_level {
-                    set(&c.log.level).map_err(|e| format!("log.level: {e}"))?;
+                    set(&c.log.level).map_err(ReloadError::LogLevel)?;
                 }
                 Ok(restart)
             }) {

@@ -8,7 +8,21 @@
 //! log as needing a restart. A new key is thus reported until someone makes
 //! it live and adds it here.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+
+/// Why a reloaded config was refused (the running one is kept).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Routes or rate limits that cannot be built.
+    #[error("{0}")]
+    Routes(String),
+    #[error(transparent)]
+    Refresh(#[from] crate::refresh::SetupError),
+    #[error("log.level: {0}")]
+    LogLevel(String),
+}
 
 /// Keys (or whole sections) a reload applies to the running process.
 /// `log.level` is live unless `RUST_LOG` is set (it wins).

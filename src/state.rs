@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Response;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::config::{Config, RateLimitConfig};
@@ -16,6 +16,7 @@ use crate::oauth::Authority;
 use crate::ratelimit::RateLimits;
 use crate::refresh::Refresher;
 use crate::routes::Routes;
+use crate::secrets::Secrets;
 use crate::store::{self, Store, StoreError};
 use crate::{tls, upstream};
 use arc_swap::ArcSwap;
@@ -79,22 +80,30 @@ pub enum StartError {
     Audit(#[from] std::io::Error),
     #[error("{0}")]
     Config(String),
+    #[error(
+        "{} must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)",
+        crate::config::ENV_ADMIN_TOKEN
+    )]
+    AdminTokenTooShort,
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Refresh(#[from] crate::refresh::SetupError),
+    #[error(transparent)]
+    Connect(#[from] crate::connect::SetupError),
 }
 
 impl AppState {
     /// Opens the store and builds every component.
-    pub async fn build(
-        config: Config,
-        admin_token: Option<SecretString>,
-    ) -> Result<Self, StartError> {
+    pub async fn build(config: Config, secrets: Arc<Secrets>) -> Result<Self, StartError> {
         let store = store::open(&config.store).await?;
-        Self::with_store(config, store, admin_token).await
+        Self::with_store(config, store, secrets).await
     }
 
     pub async fn with_store(
         config: Config,
         store: Arc<dyn Store>,
-        admin_token: Option<SecretString>,
+        secrets: Arc<Secrets>,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::with_tenant_label(config.metrics.tenant_label));
         metrics.preregister(config.routes.iter().map(|r| r.integration.as_str()));
@@ -109,39 +118,36 @@ impl AppState {
         let store: Arc<dyn Store> = Arc::new(store::Instrumented::new(store, &metrics));
         // An empty variable counts as unset; a short token is refused before
         // anything else is opened.
-        let admin_token = admin_token.filter(|t| !t.expose_secret().is_empty());
+        let admin_token = secrets
+            .admin_token()
+            .filter(|t| !t.expose_secret().is_empty());
         if admin_token
             .as_ref()
             .is_some_and(|t| t.expose_secret().chars().count() < MIN_ADMIN_TOKEN_LEN)
         {
-            return Err(StartError::Config(format!(
-                "{} must be at least {MIN_ADMIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)",
-                crate::config::ENV_ADMIN_TOKEN
-            )));
+            return Err(StartError::AdminTokenTooShort);
         }
         let audit = Arc::new(Audit::open(&config.audit.path)?);
         let mut authority =
             Authority::new(&config, store.clone(), metrics.clone(), audit.clone()).await?;
-        authority.set_admin_token(admin_token.as_ref());
+        authority.set_admin_token(admin_token);
         let authority = Arc::new(authority);
-        let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())
-            .map_err(|e| StartError::Config(e.to_string()))?;
+        let tls_client = tls::client_config(config.proxy.upstream_ca_file.as_deref())?;
         let refresher = Refresher::new(
             &config,
+            secrets.clone(),
             tls_client.clone(),
             store.clone(),
             metrics.clone(),
             audit.clone(),
-        )
-        .map_err(StartError::Config)?;
+        )?;
         let credentials = Arc::new(Credentials::new(
             store.clone(),
             Arc::new(refresher),
             Duration::from_secs(config.store.sync_interval_seconds),
             &metrics,
         ));
-        let connect = crate::connect::Connect::new(&config, tls_client.clone())
-            .map_err(StartError::Config)?;
+        let connect = crate::connect::Connect::new(&config, secrets, tls_client.clone())?;
         Ok(AppState {
             connect,
             live: ArcSwap::from_pointee(
@@ -163,8 +169,13 @@ impl AppState {
     /// Returns every changed key that needs a restart (not applied; see
     /// [`crate::reload`]). `log_level_live`: whether the caller applies
     /// `log.level` (it cannot when `RUST_LOG` is set).
-    pub fn reload(&self, new: &Config, log_level_live: bool) -> Result<Vec<String>, String> {
-        let live = Live::new(new, Some(&self.live.load()), &self.metrics)?;
+    pub fn reload(
+        &self,
+        new: &Config,
+        log_level_live: bool,
+    ) -> Result<Vec<String>, crate::reload::ReloadError> {
+        let live = Live::new(new, Some(&self.live.load()), &self.metrics)
+            .map_err(crate::reload::ReloadError::Routes)?;
         self.credentials.refresher().reload_providers(new)?;
         self.connect.reload(new);
         self.live.store(Arc::new(live));

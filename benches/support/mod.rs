@@ -63,7 +63,11 @@ pub(crate) fn embedded(dir: &std::path::Path) -> String {
 }
 
 pub(crate) async fn state(config: Config) -> Arc<AppState> {
-    Arc::new(AppState::build(config, None).await.expect("state"))
+    Arc::new(
+        AppState::build(config, Default::default())
+            .await
+            .expect("state"),
+    )
 }
 
 /// Creates a client for `tenant`; returns its id and secret.

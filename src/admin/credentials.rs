@@ -9,7 +9,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEvent, AuditKind};
-use crate::credentials::{self, API_KEY_TYPE, Credential, Status, store_error};
+use crate::credentials::{self, API_KEY_TYPE, Credential, Status};
 use crate::error::ProxyError;
 use crate::http::{Body, json_response};
 use crate::ids;
@@ -168,7 +168,7 @@ pub(crate) async fn store(
 ) -> Result<(u64, bool), ProxyError> {
     let store = state.credentials.store().as_ref();
     let path = credentials::record_path(tenant, integration);
-    let current = store.read(&path).await.map_err(|e| store_error(&e))?;
+    let current = store.read(&path).await?;
     let cas = current
         .as_ref()
         .map_or(Cas::Absent, |r| Cas::Version(r.version));
@@ -178,7 +178,7 @@ pub(crate) async fn store(
             StoreError::Conflict => {
                 ProxyError::Conflict("the credential changed concurrently; retry".into())
             }
-            e => store_error(&e),
+            e => e.into(),
         })?;
     state.credentials.invalidate(tenant, integration).await;
     state
@@ -216,8 +216,7 @@ async fn get(
     // Metadata only: read the record, decrypt nothing.
     let summary =
         credentials::load_summary(state.credentials.store().as_ref(), tenant, integration)
-            .await
-            .map_err(|e| store_error(&e))?
+            .await?
             .ok_or(ProxyError::NotFound)?;
     let meta = summary.to_json(tenant, integration, OffsetDateTime::now_utc());
     Ok(json_response(
@@ -264,16 +263,11 @@ pub(crate) async fn remove(
 ) -> Result<bool, ProxyError> {
     let store = state.credentials.store();
     let path = credentials::record_path(tenant, integration);
-    if store
-        .read(&path)
-        .await
-        .map_err(|e| store_error(&e))?
-        .is_none()
-    {
+    if store.read(&path).await?.is_none() {
         return Ok(false);
     }
     crate::connect::flow::revoke(state, &state.connect, tenant, integration, actor).await;
-    store.delete(&path).await.map_err(|e| store_error(&e))?;
+    store.delete(&path).await?;
     state.credentials.invalidate(tenant, integration).await;
     state
         .credentials

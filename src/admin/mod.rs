@@ -80,11 +80,7 @@ async fn dispatch(
     let segments: Vec<&str> = rest.split('/').skip(1).collect();
     match segments.as_slice() {
         ["oauth", "signing-keys", "rotate"] if parts.method == http::Method::POST => {
-            let kid = state
-                .authority
-                .rotate_signing_key()
-                .await
-                .map_err(|e| crate::credentials::store_error(&e))?;
+            let kid = state.authority.rotate_signing_key().await?;
             Ok(crate::http::json_response(
                 http::StatusCode::OK,
                 &serde_json::json!({ "success": true, "message": "Signing key rotated", "kid": &*kid }),
@@ -99,7 +95,7 @@ async fn dispatch(
                 .await
                 .map_err(|e| match e {
                     crate::store::StoreError::Refused(m) => ProxyError::bad_request(m),
-                    e => crate::credentials::store_error(&e),
+                    e => e.into(),
                 })?;
             Ok(crate::http::json_response(
                 http::StatusCode::OK,

@@ -32,6 +32,7 @@ use time::OffsetDateTime;
 use crate::config::{Config, IntegrationConfig};
 use crate::error::ProxyError;
 use crate::http::{Body, read_body};
+use crate::secrets::Secrets;
 use crate::state::AppState;
 use link::{Claims, Kind, Signer};
 
@@ -80,14 +81,12 @@ pub struct Apps {
 }
 
 impl Apps {
-    fn of(config: &Config) -> Self {
+    fn of(config: &Config, secrets: &Secrets) -> Self {
         let by_id = config
             .integrations
             .iter()
             .map(|(id, i)| {
-                let secret = std::env::var(i.client_secret_env(id))
-                    .ok()
-                    .map(SecretString::from);
+                let secret = secrets.client_secret(id, i);
                 let app = App {
                     cfg: i.clone(),
                     secret,
@@ -110,27 +109,43 @@ impl Apps {
     }
 }
 
+/// Why the connect endpoints cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("proxy.public_url: {0}")]
+    PublicUrl(#[source] oauth2::url::ParseError),
+    #[error("http client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
 /// What the connect endpoints share: the signing key, the provider client,
 /// the integrations' apps.
 pub struct Connect {
     signer: Signer,
     http: reqwest::Client,
     apps: ArcSwap<Apps>,
+    /// Client secrets, for apps (re)loaded from the config.
+    secrets: Arc<Secrets>,
     public_url: String,
     redirect_uri: RedirectUrl,
     secure_cookies: bool,
 }
 
 impl Connect {
-    pub fn new(config: &Config, tls: rustls::ClientConfig) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        secrets: Arc<Secrets>,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, SetupError> {
         let http = provider_http(tls)?;
         let public_url = config.proxy.public_url.clone();
         let redirect_uri = RedirectUrl::new(format!("{public_url}/connect/callback"))
-            .map_err(|e| format!("proxy.public_url: {e}"))?;
+            .map_err(SetupError::PublicUrl)?;
         Ok(Connect {
             signer: Signer::default(),
             http,
-            apps: ArcSwap::from_pointee(Apps::of(config)),
+            apps: ArcSwap::from_pointee(Apps::of(config, &secrets)),
+            secrets,
             secure_cookies: public_url.starts_with("https://"),
             public_url,
             redirect_uri,
@@ -139,7 +154,7 @@ impl Connect {
 
     /// Takes the integrations of a reloaded config (SIGHUP).
     pub fn reload(&self, config: &Config) {
-        self.apps.store(Arc::new(Apps::of(config)));
+        self.apps.store(Arc::new(Apps::of(config, &self.secrets)));
     }
 
     /// The integrations as configured now.
@@ -166,11 +181,7 @@ impl Connect {
         integration: Option<&str>,
         minutes: u64,
     ) -> Result<(String, OffsetDateTime), ProxyError> {
-        let key = self
-            .signer
-            .key(state.store.as_ref())
-            .await
-            .map_err(|e| crate::credentials::store_error(&e))?;
+        let key = self.signer.key(state.store.as_ref()).await?;
         let expires = OffsetDateTime::now_utc() + time::Duration::minutes(minutes as i64);
         let claims = Claims {
             k: if integration.is_some() {
@@ -215,13 +226,13 @@ impl Connect {
 
 /// The client for provider calls: bounded in time, never following a redirect
 /// (a provider endpoint that redirects could take the secret elsewhere).
-fn provider_http(tls: rustls::ClientConfig) -> Result<reqwest::Client, String> {
+fn provider_http(tls: rustls::ClientConfig) -> Result<reqwest::Client, SetupError> {
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(PROVIDER_TIMEOUT)
         .build()
-        .map_err(|e| format!("http client: {e}"))
+        .map_err(SetupError::HttpClient)
 }
 
 /// Checks an integration's connect keys (config validation).

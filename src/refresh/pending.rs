@@ -184,81 +184,12 @@ async fn write_until_landed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::Status;
-    use crate::oauth::testing::MemStore;
-    use crate::store::{Plaintext, Record, StoreError};
-    use serde_json::{Map, Value};
-    use std::collections::BTreeMap;
-    use std::sync::atomic::AtomicBool;
 
-    /// The in-memory store with writes that fail while `down` is set: the
-    /// store outage that follows a provider's answer.
-    #[derive(Default)]
-    struct Outage {
-        inner: MemStore,
-        down: AtomicBool,
-    }
+    /// Credential writes fail while `down` is set: the store outage that
+    /// follows a provider's answer.
+    type Outage = crate::refresh::tests::CredentialWritesFail;
 
-    #[async_trait::async_trait]
-    impl Store for Outage {
-        fn backend(&self) -> &'static str {
-            "memory"
-        }
-        async fn read(&self, path: &str) -> Result<Option<Record>, StoreError> {
-            self.inner.read(path).await
-        }
-        async fn write(
-            &self,
-            path: &str,
-            data: Map<String, Value>,
-            metadata: BTreeMap<String, String>,
-            cas: Cas,
-        ) -> Result<u64, StoreError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("down".into()));
-            }
-            self.inner.write(path, data, metadata, cas).await
-        }
-        async fn delete(&self, path: &str) -> Result<(), StoreError> {
-            self.inner.delete(path).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            self.inner.list(prefix).await
-        }
-        async fn encrypt(
-            &self,
-            keyring: &str,
-            context: &str,
-            plaintexts: &[&[u8]],
-        ) -> Result<Vec<String>, StoreError> {
-            self.inner.encrypt(keyring, context, plaintexts).await
-        }
-        async fn decrypt(
-            &self,
-            keyring: &str,
-            context: &str,
-            ciphertexts: &[&str],
-        ) -> Result<Vec<Plaintext>, StoreError> {
-            self.inner.decrypt(keyring, context, ciphertexts).await
-        }
-        async fn health(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-    }
-
-    fn pair(access: &str, refresh: &str) -> Credential {
-        Credential {
-            access_token: SecretString::from(access),
-            refresh_token: Some(SecretString::from(refresh)),
-            expires_at: None,
-            scopes: vec![],
-            token_type: "Bearer".into(),
-            created_by: "test".into(),
-            auto_refresh: true,
-            refresh_count: 0,
-            status: Status::Active,
-        }
-    }
+    use crate::refresh::tests::pair;
 
     async fn current(store: &Arc<Outage>, kept: &Unpersisted) -> (String, String) {
         let s = credentials::load(store.as_ref(), "t1", "gh")

@@ -1,5 +1,5 @@
-//! Scheduled refresh (README.md, "Scheduled refresh"): a tokio-cron-scheduler job every
-//! `refresh.interval_seconds` refreshes the credentials with `autoRefresh`
+//! Scheduled refresh (README.md, "Scheduled refresh"): a tick every
+//! `refresh.interval_seconds` (a `tokio::time::interval`) refreshes the credentials with `autoRefresh`
 //! that expire within `refresh.before_seconds`.
 //!
 //! A tick costs what is due, not what is stored: credentials sit in an
@@ -10,7 +10,6 @@
 //! expiry path, refreshes it).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tokio_cron_scheduler::{Job, JobScheduler};
 
 use super::Trigger;
 use crate::credentials::{Credentials, record_path};
@@ -202,12 +200,9 @@ pub async fn tick(credentials: &Arc<Credentials>, concurrency: usize) -> usize {
     count
 }
 
-/// Starts the scheduler: the first scan, the tick job and periodic rescans.
-pub async fn start(
-    credentials: Arc<Credentials>,
-    interval: Duration,
-    before_secs: i64,
-) -> Result<JobScheduler, String> {
+/// The first scan of the store, before the ticks start; a failure is logged
+/// and retried at the next rescan.
+pub async fn load(credentials: &Credentials, before_secs: i64) {
     let store = credentials.store().clone();
     match scan(store.as_ref(), credentials.refresher().due(), before_secs).await {
         Ok(n) => tracing::info!(credentials = n, "refresh schedule loaded"),
@@ -215,45 +210,39 @@ pub async fn start(
             tracing::warn!(error = %e, "refresh schedule scan failed; retrying at the next rescan")
         }
     }
-    let sched = JobScheduler::new().await.map_err(|e| e.to_string())?;
-    let running = Arc::new(AtomicBool::new(false));
-    let ticks_per_rescan = (RESCAN_EVERY.as_secs() / interval.as_secs().max(1)).max(1);
+}
+
+/// Ticks every `interval` (the first one `interval` from now) and rescans
+/// the store every [`RESCAN_EVERY`]; runs until dropped. A slow tick delays
+/// the next rather than overlapping it.
+pub async fn run(credentials: Arc<Credentials>, interval: Duration) {
+    let interval = interval.max(Duration::from_secs(1));
+    let ticks_per_rescan = (RESCAN_EVERY.as_secs() / interval.as_secs()).max(1);
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks = 0u64;
-    let job = Job::new_repeated_async(interval, move |_id, _lock| {
-        let credentials = credentials.clone();
-        let running = running.clone();
+    loop {
+        timer.tick().await;
         ticks += 1;
-        let rescan = ticks.is_multiple_of(ticks_per_rescan);
-        Box::pin(async move {
-            // A slow tick is not overlapped by the next one.
-            if running.swap(true, Ordering::AcqRel) {
-                return;
+        if ticks.is_multiple_of(ticks_per_rescan) {
+            let store = credentials.store().clone();
+            if let Err(e) = scan(
+                store.as_ref(),
+                credentials.refresher().due(),
+                // Live: a SIGHUP may have changed it.
+                credentials.refresher().before_secs(),
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "refresh schedule rescan failed");
             }
-            if rescan {
-                let store = credentials.store().clone();
-                if let Err(e) = scan(
-                    store.as_ref(),
-                    credentials.refresher().due(),
-                    // Live: a SIGHUP may have changed it.
-                    credentials.refresher().before_secs(),
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "refresh schedule rescan failed");
-                }
-            }
-            // `refresh.concurrency` as last (re)loaded.
-            let n = tick(&credentials, credentials.refresher().concurrency()).await;
-            if n > 0 {
-                tracing::debug!(refreshed = n, "refresh tick");
-            }
-            running.store(false, Ordering::Release);
-        })
-    })
-    .map_err(|e| e.to_string())?;
-    sched.add(job).await.map_err(|e| e.to_string())?;
-    sched.start().await.map_err(|e| e.to_string())?;
-    Ok(sched)
+        }
+        // `refresh.concurrency` as last (re)loaded.
+        let n = tick(&credentials, credentials.refresher().concurrency()).await;
+        if n > 0 {
+            tracing::debug!(refreshed = n, "refresh tick");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use credgate::config::Config;
+use credgate::secrets::Secrets;
 use credgate::state::AppState;
 use credgate::store::Store;
 use credgate::store::embedded::EmbeddedStore;
@@ -284,9 +285,13 @@ pub async fn fixture() -> Fixture {
     let config = Config::from_toml_with_env(&config_text(dir.path()), Vec::new()).expect("config");
     let store: Arc<dyn Store> =
         Arc::new(EmbeddedStore::open_with_master_key(&config.store, [7u8; 32]).expect("store"));
-    let state = AppState::with_store(config, store, Some(SecretString::from(ADMIN_TOKEN)))
-        .await
-        .expect("state");
+    let state = AppState::with_store(
+        config,
+        store,
+        Arc::new(Secrets::with_admin_token(SecretString::from(ADMIN_TOKEN))),
+    )
+    .await
+    .expect("state");
     let state = Arc::new(state);
 
     let body = json!({"name": "prop", "tenant": "acme", "scopes": ["mcp", "introspect"],
