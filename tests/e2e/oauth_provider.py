@@ -1,4 +1,4 @@
-"""An upstream OAuth provider built on Authlib 1.9 + Flask (PEERS.md): the refresh_token
+"""An upstream OAuth provider built on Authlib 1.9 + Flask: the refresh_token
 grant with refresh-token rotation, as the "GitHub" credgate refreshes tenants' credentials
 against. Runs on a thread inside the pytest process on a free 127.0.0.1 port.
 
