@@ -13,8 +13,6 @@ import json
 import re
 import secrets
 import shutil
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 import pytest
+from oidc_provider import NodeProvider
 from support import REPO, Credgate, route
 
-OIDC_DIR = REPO / "tests" / "oidc"
 ARTIFACTS = REPO / "tests" / "e2e" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -32,51 +30,18 @@ CLIENT_ID = "credgate"
 SCOPES = ["openid", "offline_access", "repo"]
 
 
-class ConnectProvider:
+class ConnectProvider(NodeProvider):
     """`node tests/oidc/connect_provider.mjs` on a free port; issuer `http://localhost:<port>`."""
 
     def __init__(self, workdir: Path, redirect_uris: list[str]) -> None:
-        node = shutil.which("node")
-        if node is None:
-            pytest.fail("node is not installed (the connect tests need Node 20+)")
-        if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-            pytest.fail("oidc-provider is missing: npm ci --prefix tests/oidc --no-audit --no-fund")
         self.client_secret = secrets.token_urlsafe(24)
         self.upstream_secret = secrets.token_urlsafe(24)
-        self.log = workdir / f"connect-provider-{secrets.token_hex(3)}.log"
-        self._log = self.log.open("wb")
         args = {
             "clientSecret": self.client_secret,
             "upstreamSecret": self.upstream_secret,
             "redirectUris": redirect_uris,
         }
-        self.proc = subprocess.Popen(
-            [node, str(OIDC_DIR / "connect_provider.mjs"), json.dumps(args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            cwd=OIDC_DIR,
-        )
-        ready: dict[str, Any] = {}
-
-        def read_ready() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                if line.startswith(b"READY "):
-                    ready.update(json.loads(line[6:]))
-                    break
-            for line in self.proc.stdout:
-                self._log.write(line)
-
-        threading.Thread(target=read_ready, daemon=True).start()
-        deadline = time.monotonic() + 20
-        while not ready:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise AssertionError(f"oidc-provider did not start:\n{self.log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        self.issuer: str = ready["issuer"]
-        self._http = httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False)
+        super().__init__(workdir, "connect_provider.mjs", [json.dumps(args)], "connect-provider")
 
     def integration(self, **extra: Any) -> dict[str, Any]:
         """An `[integrations.X]` section for this provider."""
@@ -92,19 +57,6 @@ class ConnectProvider:
         }
         i.update(extra)
         return i
-
-    def introspect(self, token: str) -> dict[str, Any]:
-        """RFC 7662 introspection, as a resource server calls it."""
-        r = self._http.post(
-            f"{self.issuer}/token/introspection",
-            data={"token": token},
-            auth=("upstream", self.upstream_secret),
-        )
-        assert r.status_code == 200, f"introspection: {r.status_code} {r.text[:300]}"
-        return r.json()
-
-    def active(self, token: str) -> bool:
-        return self.introspect(token).get("active") is True
 
     def revoke(self, token: str) -> None:
         """Revokes one token at the provider (as credgate's OAuth app)."""
@@ -126,27 +78,6 @@ class ConnectProvider:
 
     def code_redemptions(self) -> list[dict[str, Any]]:
         return [t for t in self.stats()["tokenRequests"] if t["grant_type"] == "authorization_code"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._log.close()
-        if hasattr(self, "_http"):
-            self._http.close()
-
-
-class Introspecting:
-    """An echo upstream guard: a bearer token is good while the provider calls it active."""
-
-    def __init__(self, provider: ConnectProvider) -> None:
-        self.provider = provider
-
-    def __contains__(self, token: object) -> bool:
-        try:
-            return self.provider.active(str(token))
-        except (httpx.HTTPError, AssertionError):
-            return False
 
 
 def connect_gate(

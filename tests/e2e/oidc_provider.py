@@ -27,21 +27,21 @@ CLIENT_ID = "credgate"
 RATE = {"rate_limit.default": {"per_second": 10000, "burst": 10000}}
 
 
-class OidcProvider:
-    """`node tests/oidc/provider.mjs` on a free 127.0.0.1 port (in-memory state)."""
+class NodeProvider:
+    """An oidc-provider script in tests/oidc run with node on a free 127.0.0.1 port: it
+    prints `READY {"issuer": …}` once listening; its log goes to `workdir`. The
+    introspection and `_test` side channel are common to every script here."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, script: str, argv: list[str], label: str) -> None:
         node = shutil.which("node")
         if node is None:
             pytest.fail("node is not installed (the oidc-provider tests need Node 20+): scripts/test.sh installs it")
         if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
             pytest.fail("oidc-provider is missing: npm ci --prefix tests/oidc --no-audit --no-fund")
-        self.client_secret = secrets.token_urlsafe(24)
-        self.upstream_secret = secrets.token_urlsafe(24)
-        self.log = workdir / f"oidc-provider-{secrets.token_hex(3)}.log"
+        self.log = workdir / f"{label}-{secrets.token_hex(3)}.log"
         self._log = self.log.open("wb")
         self.proc = subprocess.Popen(
-            [node, str(OIDC_DIR / "provider.mjs"), self.client_secret, self.upstream_secret],
+            [node, str(OIDC_DIR / script), *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -67,6 +67,37 @@ class OidcProvider:
                 raise AssertionError(f"oidc-provider did not start:\n{self.log.read_text(errors='replace')}")
             time.sleep(0.05)
         self.issuer: str = ready["issuer"]
+        self._http = httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False)
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        """RFC 7662 introspection, as a resource server calls it."""
+        r = self._http.post(
+            f"{self.issuer}/token/introspection",
+            data={"token": token},
+            auth=("upstream", self.upstream_secret),
+        )
+        assert r.status_code == 200, f"introspection: {r.status_code} {r.text[:300]}"
+        return r.json()
+
+    def active(self, token: str) -> bool:
+        return self.introspect(token).get("active") is True
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._log.close()
+        if hasattr(self, "_http"):
+            self._http.close()
+
+
+class OidcProvider(NodeProvider):
+    """`node tests/oidc/provider.mjs` on a free 127.0.0.1 port (in-memory state)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.client_secret = secrets.token_urlsafe(24)
+        self.upstream_secret = secrets.token_urlsafe(24)
+        super().__init__(workdir, "provider.mjs", [self.client_secret, self.upstream_secret], "oidc-provider")
         self.token_url = f"{self.issuer}/token"
         self._http = httpx.Client(timeout=httpx.Timeout(10.0), trust_env=False)
 
@@ -100,31 +131,13 @@ class OidcProvider:
     def revoked(self, grant_id: str) -> bool:
         return grant_id in self.stats()["revokedGrants"]
 
-    def active(self, token: str) -> bool:
-        """RFC 7662 introspection, as the resource server would call it."""
-        r = self._http.post(
-            f"{self.issuer}/token/introspection",
-            data={"token": token},
-            auth=("upstream", self.upstream_secret),
-        )
-        assert r.status_code == 200, f"introspection: {r.status_code} {r.text[:300]}"
-        return r.json().get("active") is True
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self._log.close()
-        if hasattr(self, "_http"):
-            self._http.close()
-
 
 class Introspecting:
     """The echo upstream's guard: a bearer token is good if a live provider says it is
     active (echo_upstream tests `token in guard`)."""
 
-    def __init__(self) -> None:
-        self.providers: list[OidcProvider] = []
+    def __init__(self, *providers: NodeProvider) -> None:
+        self.providers: list[NodeProvider] = list(providers)
 
     def __contains__(self, token: object) -> bool:
         for p in list(self.providers):

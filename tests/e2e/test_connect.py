@@ -20,7 +20,6 @@ import pytest
 from connect_support import (
     SCOPES,
     ConnectProvider,
-    Introspecting,
     audit_events,
     browser_client,
     browser_provider_login,
@@ -39,6 +38,7 @@ from connect_support import (
     wait_for,
 )
 from echo_upstream import EchoUpstream
+from oidc_provider import Introspecting
 from support import Credgate, describe, spec_error, unique
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 from connect_support import (
     ConnectProvider,
-    Introspecting,
     browser_client,
     browser_provider_login,
     callback_url,
@@ -35,6 +34,7 @@ from connect_support import (
     wait_for,
 )
 from echo_upstream import EchoUpstream
+from oidc_provider import Introspecting
 from support import Credgate, describe, route, spec_error, unique
 
 STATIC_CONNECT = "https://example.com/connect-static"
