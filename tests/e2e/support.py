@@ -482,9 +482,16 @@ class Credgate:
 
 class McpUpstream:
     """The real MCP server of mcp_server.py (or of another `script` in this folder, with
-    extra `args`) as a subprocess, accepting only `tokens`."""
+    extra `args` and `env`) as a subprocess, accepting only `tokens`."""
 
-    def __init__(self, workdir: Path, tokens: list[str], script: str = "mcp_server.py", args: list[str] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        tokens: list[str],
+        script: str = "mcp_server.py",
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tokens = tokens
@@ -498,7 +505,7 @@ class McpUpstream:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "MCP_ACCEPTED_TOKENS": ",".join(tokens)},
+                env={**os.environ, "MCP_ACCEPTED_TOKENS": ",".join(tokens), **(env or {})},
                 cwd=workdir,
             )
         self._wait_ready()

@@ -9,14 +9,9 @@ upstream sees the token the provider issued.
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import anyio
-import httpx
 import pytest
 from connect_support import (
     ConnectProvider,
@@ -28,45 +23,7 @@ from connect_support import (
     use_provider,
 )
 from echo_upstream import EchoUpstream
-from support import HERE, STOP_GRACE, Credgate, describe, free_port, mcp_session, route, spec_error, unique
-
-
-class IntrospectingMcp:
-    """mcp_introspecting_server.py: the real MCP server, trusting the provider's introspection."""
-
-    def __init__(self, provider: ConnectProvider, log_path) -> None:  # noqa: ANN001
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "mcp_introspecting_server.py"), "--port", str(self.port),
-             "--introspect", f"{provider.issuer}/token/introspection"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "INTROSPECT_CLIENT_ID": "upstream", "INTROSPECT_CLIENT_SECRET": provider.upstream_secret},
-        )
-        deadline = time.monotonic() + 20
-        with httpx.Client(timeout=httpx.Timeout(1.0), trust_env=False) as c:
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if c.post(f"{self.url}/mcp", json={}).status_code == 401:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.1)
-        self.close()
-        raise AssertionError(f"MCP server did not start: {log_path.read_text(errors='replace')}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+from support import Credgate, McpUpstream, describe, mcp_session, route, spec_error, unique
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +32,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Credgate, 
     echo = EchoUpstream()
     gate = connect_gate(work / "gate", echo.url)
     provider = ConnectProvider(work, [callback_url(gate)])
-    upstream = IntrospectingMcp(provider, work / "mcp.log")
+    # The real MCP server, trusting the provider's introspection (mcp_introspecting_server.py).
+    upstream = McpUpstream(
+        work / "mcp",
+        [],
+        script="mcp_introspecting_server.py",
+        args=["--introspect", f"{provider.issuer}/token/introspection"],
+        env={"INTROSPECT_CLIENT_ID": "upstream", "INTROSPECT_CLIENT_SECRET": provider.upstream_secret},
+    )
     gate.routes.append(route("gh", "/gh", upstream.url))
     use_provider(gate, provider)
     try:
