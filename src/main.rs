@@ -109,7 +109,8 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
                     rt.block_on(async {
-                        let store = credgate::store::open(&c.store).await?;
+                        let secrets = Secrets::from_env(std::env::vars());
+                        let store = credgate::store::open(&c.store, &secrets).await?;
                         Ok(store.rewrap_tenant(&tenant).await?)
                     })
                 });

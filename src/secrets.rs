@@ -1,15 +1,17 @@
 //! The secrets credgate takes from its environment, read once in `main`
 //! from the same variables the config overrides see and passed down: the
-//! admin token (`CREDGATE_ADMIN_TOKEN`) and each integration's OAuth client
-//! secret (`<INTEGRATION>_CLIENT_SECRET`, or its `client_secret_env`; see
-//! docs/configuration.md). Every value is held as a [`SecretString`] and
+//! admin token (`CREDGATE_ADMIN_TOKEN`), the embedded store's master key
+//! (`CREDGATE_MASTER_KEY`), the Vault token (`VAULT_TOKEN`) and each
+//! integration's OAuth client secret (`<INTEGRATION>_CLIENT_SECRET`, or its
+//! `client_secret_env`; see docs/configuration.md). Every value is held as a [`SecretString`] and
 //! never shown by `Debug`.
 
 use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 
-use crate::config::{ENV_ADMIN_TOKEN, IntegrationConfig};
+use crate::config::{ENV_ADMIN_TOKEN, ENV_MASTER_KEY, IntegrationConfig};
+use crate::store::vault::ENV_VAULT_TOKEN;
 
 #[derive(Default)]
 pub struct Secrets {
@@ -51,6 +53,16 @@ impl Secrets {
     /// `CREDGATE_ADMIN_TOKEN` as set (possibly empty).
     pub fn admin_token(&self) -> Option<&SecretString> {
         self.admin_token.as_ref()
+    }
+
+    /// `CREDGATE_MASTER_KEY` as set: the embedded store's master key.
+    pub fn master_key(&self) -> Option<&SecretString> {
+        self.env.get(ENV_MASTER_KEY)
+    }
+
+    /// `VAULT_TOKEN` as set: the Vault token for `store.vault.auth = "token"`.
+    pub fn vault_token(&self) -> Option<&SecretString> {
+        self.env.get(ENV_VAULT_TOKEN)
     }
 
     /// The integration's OAuth client secret as set (possibly empty).

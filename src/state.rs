@@ -96,7 +96,7 @@ pub enum StartError {
 impl AppState {
     /// Opens the store and builds every component.
     pub async fn build(config: Config, secrets: Arc<Secrets>) -> Result<Self, StartError> {
-        let store = store::open(&config.store).await?;
+        let store = store::open(&config.store, &secrets).await?;
         Self::with_store(config, store, secrets).await
     }
 

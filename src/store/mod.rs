@@ -158,11 +158,20 @@ pub async fn overwrite(
     }
 }
 
-/// Opens the configured backend.
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+/// Opens the configured backend with its secret from `secrets` (the master
+/// key, or the Vault token).
+pub async fn open(
+    config: &StoreConfig,
+    secrets: &crate::secrets::Secrets,
+) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {
-        StoreBackend::Embedded => Ok(Arc::new(embedded::EmbeddedStore::open(config)?)),
-        StoreBackend::Vault => Ok(Arc::new(vault::VaultStore::open(&config.vault).await?)),
+        StoreBackend::Embedded => Ok(Arc::new(embedded::EmbeddedStore::open(
+            config,
+            secrets.master_key(),
+        )?)),
+        StoreBackend::Vault => Ok(Arc::new(
+            vault::VaultStore::open(&config.vault, secrets.vault_token()).await?,
+        )),
     }
 }
 

@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::{ENV_MASTER_KEY, StoreConfig};
@@ -27,14 +28,15 @@ pub(super) const WRONG_MASTER_KEY: &str = "master key does not match this store"
 /// A 32-byte AES-256 key, wiped on drop.
 pub(super) type KeyBytes = Zeroizing<[u8; 32]>;
 
-/// Loads the master key: `CREDGATE_MASTER_KEY` if set, else the key file,
-/// which is created (mode 0600, 32 random bytes as base64) on first start.
-pub(super) fn load_master_key(config: &StoreConfig) -> Result<KeyBytes, StoreError> {
-    match std::env::var_os(ENV_MASTER_KEY) {
-        Some(value) => {
-            let text = Zeroizing::new(value.into_string().map_err(|_| env_key_error())?);
-            decode_key(&text).ok_or_else(env_key_error)
-        }
+/// Loads the master key: `env_key` (`CREDGATE_MASTER_KEY`) if set, else the
+/// key file, which is created (mode 0600, 32 random bytes as base64) on first
+/// start.
+pub(super) fn load_master_key(
+    config: &StoreConfig,
+    env_key: Option<&SecretString>,
+) -> Result<KeyBytes, StoreError> {
+    match env_key {
+        Some(value) => decode_key(value.expose_secret()).ok_or_else(env_key_error),
         None => load_or_create_key_file(&config.master_key_path()),
     }
 }

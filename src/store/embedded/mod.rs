@@ -33,6 +33,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
+use secrecy::SecretString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -96,9 +97,9 @@ struct Synced {
 
 impl EmbeddedStore {
     /// Opens (creating if needed) the store at `config.path` with the master
-    /// key from `CREDGATE_MASTER_KEY` or the key file.
-    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
-        let master = crypto::load_master_key(config)?;
+    /// key `env_key` (`CREDGATE_MASTER_KEY`) when set, else the key file.
+    pub fn open(config: &StoreConfig, env_key: Option<&SecretString>) -> Result<Self, StoreError> {
+        let master = crypto::load_master_key(config, env_key)?;
         Self::open_inner(config, master, COMPACT_MIN_BYTES)
     }
 

@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 
 use super::*;
-use crate::config::{ENV_MASTER_KEY, StoreConfig};
+use secrecy::SecretString;
+
+use crate::config::StoreConfig;
 
 const KEY: [u8; 32] = [7; 32];
 
@@ -303,13 +305,9 @@ fn the_key_file_is_created_private_and_reused() {
 
 #[tokio::test]
 async fn open_uses_the_key_file_when_no_env_key_is_set() {
-    if std::env::var_os(ENV_MASTER_KEY).is_some() {
-        eprintln!("skipped: {ENV_MASTER_KEY} is set in this environment");
-        return;
-    }
     let dir = TempDir::new().unwrap();
     let cfg = config(&dir);
-    let store = EmbeddedStore::open(&cfg).unwrap();
+    let store = EmbeddedStore::open(&cfg, None).unwrap();
     put(&store, "t1/a", 1, Cas::Absent).await.unwrap();
     let mode = fs::metadata(cfg.master_key_path())
         .unwrap()
@@ -318,8 +316,31 @@ async fn open_uses_the_key_file_when_no_env_key_is_set() {
     assert_eq!(mode & 0o777, 0o600);
     drop(store);
     assert_eq!(
-        n_of(&EmbeddedStore::open(&cfg).unwrap(), "t1/a").await,
+        n_of(&EmbeddedStore::open(&cfg, None).unwrap(), "t1/a").await,
         Some((1, 1))
+    );
+}
+
+#[tokio::test]
+async fn open_uses_the_master_key_it_is_given_and_writes_no_key_file() {
+    use base64::Engine;
+    let dir = TempDir::new().unwrap();
+    let cfg = config(&dir);
+    let given = SecretString::from(base64::engine::general_purpose::STANDARD.encode(KEY));
+    let store = EmbeddedStore::open(&cfg, Some(&given)).unwrap();
+    put(&store, "t1/a", 1, Cas::Absent).await.unwrap();
+    drop(store);
+    assert!(
+        !cfg.master_key_path().exists(),
+        "a given key writes no key file"
+    );
+    // The same bytes open it; a malformed given key is refused without echoing it.
+    assert_eq!(n_of(&open(&cfg), "t1/a").await, Some((1, 1)));
+    let bad = SecretString::from("c2hvcnQ=".to_owned());
+    let err = EmbeddedStore::open(&cfg, Some(&bad)).err().unwrap();
+    assert!(
+        matches!(&err, StoreError::Refused(m) if !m.contains("c2hvcnQ")),
+        "{err:?}"
     );
 }
 

@@ -116,18 +116,22 @@ impl Drop for VaultStore {
 }
 
 impl VaultStore {
-    /// Opens the store; with `auth = "token"` the token comes from
-    /// `VAULT_TOKEN`. See [`VaultStore::open_with_token`].
-    pub async fn open(config: &VaultConfig) -> Result<Self, StoreError> {
+    /// Opens the store; with `auth = "token"` the token is `token`
+    /// (`VAULT_TOKEN`, from [`crate::secrets::Secrets`]). See
+    /// [`VaultStore::open_with_token`].
+    pub async fn open(
+        config: &VaultConfig,
+        token: Option<&SecretString>,
+    ) -> Result<Self, StoreError> {
         let token = match config.auth {
             VaultAuth::Token => {
-                let token = std::env::var(ENV_VAULT_TOKEN).unwrap_or_default();
-                if token.trim().is_empty() {
+                let token = token.map(|t| t.expose_secret().trim()).unwrap_or_default();
+                if token.is_empty() {
                     return Err(StoreError::Refused(format!(
                         "vault auth \"token\" needs {ENV_VAULT_TOKEN}"
                     )));
                 }
-                SecretString::from(token.trim().to_owned())
+                SecretString::from(token.to_owned())
             }
             VaultAuth::Approle | VaultAuth::Kubernetes => SecretString::from(String::new()),
         };

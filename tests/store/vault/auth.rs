@@ -106,7 +106,7 @@ async fn approle_logs_in_renews_and_logs_in_again_when_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = approle(&bao, &m, dir.path(), "3s").await;
 
-        let store = VaultStore::open(&cfg).await.expect("approle open");
+        let store = VaultStore::open(&cfg, None).await.expect("approle open");
         assert_eq!(store.auth_stats().logins, 1);
         let c = credential("tok", Some("ref"));
         credentials::save(&store, "acme", "github", &c, Cas::Absent)
@@ -138,7 +138,7 @@ async fn approle_logs_in_renews_and_logs_in_again_when_revoked() {
             secret_id_file: Some(write_file(dir.path(), "wrong", "not-the-secret-id")),
             ..cfg.clone()
         };
-        let err = VaultStore::open(&wrong).await.unwrap_err();
+        let err = VaultStore::open(&wrong, None).await.unwrap_err();
         assert!(
             matches!(err, StoreError::Refused(ref m) if m.contains("invalid")),
             "{err:?}"
@@ -147,7 +147,7 @@ async fn approle_logs_in_renews_and_logs_in_again_when_revoked() {
             role_id_file: Some(dir.path().join("absent")),
             ..cfg.clone()
         };
-        let err = VaultStore::open(&missing).await.unwrap_err();
+        let err = VaultStore::open(&missing, None).await.unwrap_err();
         assert!(
             matches!(err, StoreError::Refused(ref m) if m.contains("cannot read")),
             "{err:?}"
@@ -157,7 +157,7 @@ async fn approle_logs_in_renews_and_logs_in_again_when_revoked() {
             ..cfg
         };
         assert!(matches!(
-            VaultStore::open(&unset).await,
+            VaultStore::open(&unset, None).await,
             Err(StoreError::Refused(_))
         ));
     })
@@ -210,7 +210,7 @@ async fn kubernetes_login_goes_through_token_review() {
             jwt_file: write_file(dir.path(), "token", &jwt),
             ..config(&bao, &m)
         };
-        let store = VaultStore::open(&cfg).await.expect("kubernetes open");
+        let store = VaultStore::open(&cfg, None).await.expect("kubernetes open");
         assert_eq!(store.auth_stats().logins, 1);
         assert!(review.reviews() >= 1, "Vault asked the TokenReview API");
         save_new(&store, "acme", "github", "t").await;
@@ -226,7 +226,7 @@ async fn kubernetes_login_goes_through_token_review() {
             ..cfg.clone()
         };
         assert!(matches!(
-            VaultStore::open(&other).await,
+            VaultStore::open(&other, None).await,
             Err(StoreError::Refused(_))
         ));
         // A role that does not exist.
@@ -235,7 +235,7 @@ async fn kubernetes_login_goes_through_token_review() {
             ..cfg
         };
         assert!(matches!(
-            VaultStore::open(&norole).await,
+            VaultStore::open(&norole, None).await,
             Err(StoreError::Refused(_))
         ));
     })

@@ -58,7 +58,7 @@ async fn init_script_policy_is_sufficient_and_narrow() {
             max_retries: 1,
             ..VaultConfig::default()
         };
-        let store = VaultStore::open(&cfg).await.expect("approle open");
+        let store = VaultStore::open(&cfg, None).await.expect("approle open");
 
         // Everything the store does is allowed.
         store.health().await.unwrap();
@@ -155,10 +155,13 @@ async fn init_script_policy_is_sufficient_and_narrow() {
             Some(json!({"type": "kv", "options": {"version": "2"}})),
         )
         .await;
-        let outside = VaultStore::open(&VaultConfig {
-            kv_mount: "other".into(),
-            ..cfg
-        })
+        let outside = VaultStore::open(
+            &VaultConfig {
+                kv_mount: "other".into(),
+                ..cfg
+            },
+            None,
+        )
         .await
         .unwrap();
         let err = put(&outside, "acme/github", 1, Cas::Absent)
@@ -170,15 +173,18 @@ async fn init_script_policy_is_sufficient_and_narrow() {
         );
 
         // The script's Kubernetes role logs in through TokenReview too.
-        let k8s = VaultStore::open(&VaultConfig {
-            auth: VaultAuth::Kubernetes,
-            role: Some("credgate".into()),
-            jwt_file: write_file(dir.path(), "jwt", &jwt),
-            ..VaultConfig {
-                address: bao.addr.clone(),
-                ..VaultConfig::default()
-            }
-        })
+        let k8s = VaultStore::open(
+            &VaultConfig {
+                auth: VaultAuth::Kubernetes,
+                role: Some("credgate".into()),
+                jwt_file: write_file(dir.path(), "jwt", &jwt),
+                ..VaultConfig {
+                    address: bao.addr.clone(),
+                    ..VaultConfig::default()
+                }
+            },
+            None,
+        )
         .await
         .expect("kubernetes open");
         assert!(loads(&k8s, "acme", "github").await);

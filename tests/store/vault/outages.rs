@@ -194,7 +194,7 @@ async fn an_unreachable_or_silent_vault_fails_fast_and_does_not_block_open() {
         };
         // Unreadable (empty) credentials are a misconfiguration, not an outage.
         assert!(matches!(
-            VaultStore::open(&approle_cfg).await,
+            VaultStore::open(&approle_cfg, None).await,
             Err(StoreError::Refused(_))
         ));
 
@@ -241,7 +241,7 @@ async fn a_store_opened_before_vault_starts_logs_in_once_it_is_up() {
             max_retries: 2,
             ..VaultConfig::default()
         };
-        let store = VaultStore::open(&cfg)
+        let store = VaultStore::open(&cfg, None)
             .await
             .expect("opens while vault is down");
         assert_eq!(store.auth_stats().logins, 0);
