@@ -8,7 +8,7 @@ the line tables, so inlined code lands in its own crate) and to the
 compiled function (`fn=`); the cost line after `calls=` is a callee's
 inclusive cost and is counted only as the caller's inclusive cost.
 
-Usage: cgsplit.py <callgrind.out> [requests] [--by file|fn|group] [--top N]
+Usage: cgsplit.py <callgrind.out> [requests] [--by file|fn|group|incl] [--top N] [--callers NAME]
 """
 
 import argparse
@@ -92,7 +92,8 @@ def parse(path: str):
     by_file, by_fn, by_file_fn = defaultdict(int), defaultdict(int), defaultdict(int)
     by_group = defaultdict(int)
     incl_fn = defaultdict(int)
-    fl = cur_file = cur_fn = ""
+    callers = defaultdict(lambda: defaultdict(int))  # callee → caller → inclusive cost
+    fl = cur_file = cur_fn = callee = ""
     after_call = False
     total = 0
     with open(path, errors="replace") as f:
@@ -114,6 +115,8 @@ def parse(path: str):
                 elif key == "fn":
                     cur_fn = val
                     cur_file = fl
+                elif key == "cfn":
+                    callee = val
                 continue
             if line.startswith("calls="):
                 after_call = True
@@ -124,6 +127,7 @@ def parse(path: str):
                 cost = int(parts[1]) if len(parts) > 1 else 0
                 if after_call:
                     incl_fn[cur_fn] += cost
+                    callers[callee][cur_fn] += cost
                     after_call = False
                     continue
                 by_file[cur_file] += cost
@@ -136,6 +140,8 @@ def parse(path: str):
                 incl_fn[cur_fn] += cost
                 total += cost
             # other keys (summary, totals, jump=, …) are ignored
+    global CALLERS
+    CALLERS = callers
     return total, by_file, by_fn, incl_fn, by_group
 
 
@@ -145,9 +151,17 @@ def main() -> None:
     ap.add_argument("requests", nargs="?", type=int, default=1)
     ap.add_argument("--by", choices=["file", "fn", "group", "incl"], default="group")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--callers", help="who calls functions whose name contains this (inclusive)")
     a = ap.parse_args()
     total, by_file, by_fn, incl, by_group = parse(a.file)
     n = a.requests
+    if a.callers:
+        for callee, by in CALLERS.items():
+            if a.callers in callee:
+                print(f"== {callee}")
+                for k, v in sorted(by.items(), key=lambda kv: -kv[1])[: a.top]:
+                    print(f"{v / n:.0f}\t{k}")
+        return
     if a.by == "group":
         agg = by_group
     else:
