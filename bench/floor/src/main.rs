@@ -40,7 +40,12 @@ async fn forward(
     response.await
 }
 
-async fn serve(downstream: TcpStream, upstream_addr: Arc<str>, host: HeaderValue, auth: HeaderValue) {
+async fn serve(
+    downstream: TcpStream,
+    upstream_addr: Arc<str>,
+    host: HeaderValue,
+    auth: HeaderValue,
+) {
     let Ok(up) = TcpStream::connect(&*upstream_addr).await else {
         return;
     };
@@ -60,8 +65,13 @@ async fn serve(downstream: TcpStream, upstream_addr: Arc<str>, host: HeaderValue
 async fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18085".into());
-    let upstream: Arc<str> = args.next().unwrap_or_else(|| "127.0.0.1:18081".into()).into();
-    let auth = args.next().unwrap_or_else(|| "Bearer upstream-token".into());
+    let upstream: Arc<str> = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:18081".into())
+        .into();
+    let auth = args
+        .next()
+        .unwrap_or_else(|| "Bearer upstream-token".into());
     let host = HeaderValue::from_str(&upstream).expect("upstream is a valid host header");
     let auth = HeaderValue::from_str(&auth).expect("authorization is a valid header value");
     let listener = TcpListener::bind(&listen).await?;
