@@ -150,12 +150,17 @@ def instr(rows: list[dict], out: list[str]) -> None:
         "valgrind's callgrind, 4 keep-alive connections, one request at a time, counted after a "
         "warm-up). Exact and repeatable whatever else the machine does; kernel time (the TCP "
         "loopback, most of the CPU a request costs) is not in it. `credgate@base` is another "
-        "build, given as `BASE_BIN`, for a before/after.\n"
+        "build, given as `BASE_BIN`, for a before/after. `floor` is the leanest hyper 1.x proxy "
+        "(`bench/floor`: one upstream connection per downstream connection, Host and "
+        "Authorization set, nothing else); every figure is also given as a ratio to it.\n"
     )
-    out.append("| target | requests | instructions per request |")
-    out.append("|---|---:|---:|")
+    floor = next((r["instructions"] / r["requests"] for r in rows if r["target"] == "floor"), None)
+    out.append("| target | requests | instructions per request | × floor |")
+    out.append("|---|---:|---:|---:|")
     for r in rows:
-        out.append(f"| {r['target']} | {r['requests']} | {r['instructions'] / r['requests']:,.0f} |")
+        per = r["instructions"] / r["requests"]
+        ratio = f"{per / floor:.2f}" if floor else "floor not run"
+        out.append(f"| {r['target']} | {r['requests']} | {per:,.0f} | {ratio} |")
     out.append("")
 
 

@@ -8,7 +8,7 @@
 #
 # Pinning (2-core machine): nginx and credgate get the same single core
 # (PROXY_CPU); wrk and the upstream share the other (LOAD_CPU).
-# Knobs (env): REPS=3 DURATION=10s CONNS="32 128" PROXY_CPU=0 LOAD_CPU=1.
+# Knobs (env): REPS=3 DURATION=10s CONNS="32 128" PROXY_CPU=0 LOAD_CPU=1 NO_REPORT=1.
 # Everything listens on 127.0.0.1 only; every load run is bounded by DURATION.
 set -euo pipefail
 
@@ -62,6 +62,8 @@ echo "==> build (release)"
 cargo build --release --quiet
 CARGO_TARGET_DIR="$ROOT/target/bench" cargo build --release --quiet \
     --manifest-path bench/upstream/Cargo.toml
+CARGO_TARGET_DIR="$ROOT/target/bench" cargo build --release --quiet \
+    --manifest-path bench/floor/Cargo.toml
 mkdir -p "$OUT"
 "$ROOT/bench/machine.sh" >"$OUT/machine.txt"
 
@@ -249,11 +251,15 @@ sched() {
 }
 
 # User-space instructions per proxied request (callgrind): exact and repeatable
-# whatever else the machine does, unlike req/s. credgate and nginx each serve
-# INSTR_N requests (after a warm-up) to the bench upstream; BASE_BIN=<path>
-# adds another credgate binary (e.g. built from an earlier commit) for a
-# before/after. Kernel time is not counted.
+# whatever else the machine does, unlike req/s. credgate, the floor (the
+# leanest hyper proxy, bench/floor) and nginx each serve INSTR_N requests
+# (after a warm-up) to the bench upstream; BASE_BIN=<path> adds another
+# credgate binary (e.g. built from an earlier commit) for a before/after.
+# INSTR_TARGETS picks a subset. Kernel time is not counted. The callgrind
+# files are kept in $OUT/instr-<target>/ for callgrind_annotate.
 INSTR_N="${INSTR_N:-2000}"
+INSTR_TARGETS="${INSTR_TARGETS:-credgate floor nginx}"
+FLOOR_PORT=18086
 instr_count() { # <target label> <callgrind out dir> <pid>
     callgrind_control -d "$3" >/dev/null
     sleep 1
@@ -263,6 +269,9 @@ instr_count() { # <target label> <callgrind out dir> <pid>
     ir=$(grep -h '^summary:' "$2"/cg.out.*.1 | awk '{print $2}')
     echo "{\"target\":\"$1\",\"requests\":$INSTR_N,\"instructions\":$ir}" >>"$OUT/instr.jsonl"
     echo "   $1: $((ir / INSTR_N)) instructions per request"
+    rm -rf "$OUT/instr-$1"
+    mkdir -p "$OUT/instr-$1"
+    cp "$2"/cg.out.* "$OUT/instr-$1/"
 }
 instr_credgate() { # <label> <binary>
     local dir="$WORK/instr-$1"
@@ -275,13 +284,21 @@ instr_credgate() { # <label> <binary>
     "$PY" bench/instr.py "$CREDGATE_PORT" /github/mcp "$INSTR_N"
     instr_count "$1" "$dir" "$CREDGATE_PID"
 }
-instr() {
-    echo "==> instructions per request (callgrind), $INSTR_N requests each"
-    need valgrind valgrind
-    start_upstream
-    rm -f "$OUT/instr.jsonl"
-    instr_credgate credgate "$ROOT/target/release/credgate"
-    [[ -z "${BASE_BIN:-}" ]] || instr_credgate credgate@base "$BASE_BIN"
+instr_floor() {
+    local dir="$WORK/instr-floor" pid
+    mkdir -p "$dir"
+    valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out.%p" \
+        "$ROOT/target/bench/release/credgate-bench-floor" "127.0.0.1:$FLOOR_PORT" \
+        "127.0.0.1:$UPSTREAM_PORT" "Bearer upstream-token" >"$dir/log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_http "http://127.0.0.1:$FLOOR_PORT/github/mcp" 600
+    "$PY" bench/instr.py "$FLOOR_PORT" /github/mcp 300
+    callgrind_control -z "$pid" >/dev/null
+    "$PY" bench/instr.py "$FLOOR_PORT" /github/mcp "$INSTR_N"
+    instr_count floor "$dir" "$pid"
+}
+instr_nginx() {
     local dir="$WORK/instr-nginx" pid
     mkdir -p "$dir"/nginx-{body,proxy,fastcgi,uwsgi,scgi}
     # Its own port: the steady section's nginx may still be up.
@@ -296,6 +313,23 @@ instr() {
     callgrind_control -z "$pid" >/dev/null
     "$PY" bench/instr.py 18092 /github/mcp "$INSTR_N"
     instr_count nginx "$dir" "$pid"
+}
+instr() {
+    echo "==> instructions per request (callgrind), $INSTR_N requests each: $INSTR_TARGETS"
+    need valgrind valgrind
+    start_upstream
+    rm -f "$OUT/instr.jsonl"
+    for t in $INSTR_TARGETS; do
+        case "$t" in
+            credgate)
+                instr_credgate credgate "$ROOT/target/release/credgate"
+                [[ -z "${BASE_BIN:-}" ]] || instr_credgate credgate@base "$BASE_BIN"
+                ;;
+            floor) instr_floor ;;
+            nginx) instr_nginx ;;
+            *) echo "unknown instr target: $t" >&2; exit 1 ;;
+        esac
+    done
 }
 
 # Not in the default set: perf profile of credgate under the steady load.
@@ -315,6 +349,8 @@ profile() {
 
 for s in $SECTIONS; do "$s"; done
 [[ "$SECTIONS" == profile ]] && exit 0
+# NO_REPORT=1: keep bench/RESULTS.md (a partial run must not replace it).
+[[ -n "${NO_REPORT:-}" ]] && exit 0
 
 echo "==> report"
 python3 bench/report.py "$OUT" bench/RESULTS.md
