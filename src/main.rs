@@ -85,7 +85,8 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
                     rt.block_on(async {
-                        let state = AppState::build(c, Default::default()).await?;
+                        let secrets = Arc::new(Secrets::from_env(std::env::vars()));
+                        let state = AppState::build(c, secrets).await?;
                         Ok(state.authority.rotate_signing_key().await?)
                     })
                 });
