@@ -365,6 +365,22 @@ mod tests {
 
     const KEEP: Retention = Retention { keep_secs: 86_400 };
 
+    /// Moves a key's `retiredAt` stamp (check-and-set on its current version).
+    async fn stamp_retired_at(store: &MemStore, kid: &str, at: i64) {
+        let rec = store.read(&key_path(kid)).await.unwrap().unwrap();
+        let mut data = rec.data;
+        data.insert("retiredAt".into(), json!(at));
+        store
+            .write(
+                &key_path(kid),
+                data,
+                BTreeMap::new(),
+                Cas::Version(rec.version),
+            )
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn retired_keys_are_stamped_then_pruned_after_retention() {
         let store = MemStore::default();
@@ -390,34 +406,13 @@ mod tests {
             "the active key is not retired"
         );
         // Within retention: stays on a reload, even with the stamp in the past.
-        let mut data = rec.data.clone();
-        data.insert("retiredAt".into(), json!(at - KEEP.keep_secs + 600));
-        store
-            .write(
-                &key_path(&old),
-                data,
-                BTreeMap::new(),
-                Cas::Version(rec.version),
-            )
-            .await
-            .unwrap();
+        stamp_retired_at(&store, &old, at - KEEP.keep_secs + 600).await;
         let again = load_or_create(&store, SigningAlg::EdDSA, KEEP)
             .await
             .unwrap();
         assert!(again.get(&old).is_some());
         // Past retention (every token it signed has expired): gone.
-        let rec = store.read(&key_path(&old)).await.unwrap().unwrap();
-        let mut data = rec.data.clone();
-        data.insert("retiredAt".into(), json!(at - KEEP.keep_secs - 1));
-        store
-            .write(
-                &key_path(&old),
-                data,
-                BTreeMap::new(),
-                Cas::Version(rec.version),
-            )
-            .await
-            .unwrap();
+        stamp_retired_at(&store, &old, at - KEEP.keep_secs - 1).await;
         let pruned = load_or_create(&store, SigningAlg::EdDSA, KEEP)
             .await
             .unwrap();
